@@ -205,11 +205,9 @@ def _parse_gateway(
         authenticated = False
     fail_mode = entry.get("fail_mode", "open")
     if fail_mode not in ("open", "closed"):
-        problems.append(f"{where}.fail_mode: expected \"open\" or \"closed\"")
+        problems.append(f'{where}.fail_mode: expected "open" or "closed"')
         fail_mode = "open"
-    extra = {
-        k: v for k, v in entry.items() if k not in ("authenticated", "fail_mode")
-    }
+    extra = {k: v for k, v in entry.items() if k not in ("authenticated", "fail_mode")}
     return Gateway(account_id, gateway_id, authenticated, fail_mode, extra)
 
 

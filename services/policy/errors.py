@@ -1,0 +1,48 @@
+"""Errors of the policy service and the one table that maps them to gRPC codes.
+
+PolicyError
+├── UnknownGatewayError       NOT_FOUND
+├── AuthenticationError       UNAUTHENTICATED
+├── InvalidRequestError       INVALID_ARGUMENT
+└── StoreUnavailableError     UNAVAILABLE (Redis failed or timed out)
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class PolicyError(Exception):
+    """Base of the errors the policy service turns into gRPC statuses."""
+
+
+class UnknownGatewayError(PolicyError):
+    pass
+
+
+class AuthenticationError(PolicyError):
+    pass
+
+
+class InvalidRequestError(PolicyError):
+    pass
+
+
+class StoreUnavailableError(PolicyError):
+    pass
+
+
+STATUS_CODES: dict[type[PolicyError], grpc.StatusCode] = {
+    UnknownGatewayError: grpc.StatusCode.NOT_FOUND,
+    AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
+    InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
+    StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_code_for(error: PolicyError) -> grpc.StatusCode:
+    for error_type in type(error).__mro__:
+        code = STATUS_CODES.get(error_type)  # type: ignore[arg-type]
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL

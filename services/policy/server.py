@@ -1,0 +1,111 @@
+"""The gRPC servicers of the policy service and the server that hosts them."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from gateway.policy.v1 import policy_pb2, policy_pb2_grpc
+from services.common.config import GatewayConfig
+from services.common.logs import request_id_var
+from services.policy.check import PolicyContext, check
+from services.policy.errors import PolicyError, status_code_for
+from services.policy.settings import PolicySettings
+from services.policy.store import RedisStore
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    "gateway.policy.v1.PolicyService",
+    "gateway.policy.v1.PolicyAdminService",
+)
+
+
+class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+    def __init__(self, ctx: PolicyContext) -> None:
+        self.ctx = ctx
+
+    async def Check(
+        self, request: policy_pb2.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> policy_pb2.CheckResponse:
+        request_id_var.set(request.request_id or "-")
+        try:
+            return await check(self.ctx, request)
+        except PolicyError as exc:
+            await context.abort(status_code_for(exc), str(exc))
+            raise  # unreachable: abort raises
+
+    async def Settle(
+        self, request: policy_pb2.SettleRequest, context: grpc.aio.ServicerContext
+    ) -> policy_pb2.SettleResponse:
+        return policy_pb2.SettleResponse()
+
+    async def StoreCacheEntry(
+        self,
+        request: policy_pb2.StoreCacheEntryRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> policy_pb2.StoreCacheEntryResponse:
+        return policy_pb2.StoreCacheEntryResponse(stored=False)
+
+
+async def load_identity_secret(store: RedisStore, configured: str) -> bytes:
+    """Return the identity HMAC key, shared by every policy replica.
+
+    A configured secret wins. Otherwise the first replica to start stores a
+    random one in Redis and every later replica reads it back.
+    """
+    if configured:
+        return configured.encode()
+    key = store.global_key("identity-secret")
+    await store.client.set(key, secrets.token_hex(32), nx=True)
+    value = await store.client.get(key)
+    return bytes(value)
+
+
+class PolicyServer:
+    """The grpc.aio server with its Redis store, started and stopped together."""
+
+    def __init__(self, settings: PolicySettings, config: GatewayConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.store = RedisStore(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            timeout_ms=settings.redis_timeout_ms,
+        )
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", 64 << 20),
+            ]
+        )
+        self.port = 0
+
+    async def start(self) -> int:
+        await self.store.ping()
+        identity_secret = await load_identity_secret(
+            self.store, self.settings.identity_secret
+        )
+        ctx = PolicyContext(self.config, self.store, identity_secret)
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(
+            PolicyServicer(ctx), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = self.server.add_insecure_port(address)
+        await self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("policy service listening on %s:%d", self.settings.host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(self.settings.shutdown_grace_s)
+        await self.store.close()
+        logger.info("policy service stopped")

@@ -1,0 +1,44 @@
+"""The Redis connection of the policy service and its key layout.
+
+Keys are ``{prefix}:{<account>/<gateway>}:<kind>:...``. The part in braces
+is a Redis Cluster hash tag, so every key of one gateway sits in one slot and
+a Lua script may touch any of them on a cluster unchanged.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from services.policy.errors import StoreUnavailableError
+
+
+class RedisStore:
+    """One pooled Redis client plus the key builder every feature uses."""
+
+    def __init__(self, url: str, *, prefix: str, timeout_ms: int) -> None:
+        timeout_s = timeout_ms / 1000
+        self.client: redis.Redis = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=10,
+        )
+        self.prefix = prefix
+
+    def key(self, account_id: str, gateway_id: str, *parts: str) -> str:
+        """Build a key in the gateway's hash slot."""
+        return ":".join((self.prefix, f"{{{account_id}/{gateway_id}}}", *parts))
+
+    def global_key(self, *parts: str) -> str:
+        """Build a key that belongs to no gateway (for example gateway keys)."""
+        return ":".join((self.prefix, "global", *parts))
+
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailableError(f"Redis is unavailable: {exc}") from exc
+
+    async def close(self) -> None:
+        await self.client.aclose()

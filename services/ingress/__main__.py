@@ -13,6 +13,7 @@ from aiohttp import web
 from services.common.config import ConfigError, config_path_from_env, load_config
 from services.common.logs import configure_logging
 from services.common.ready import write_ready_file
+from services.dashboard.settings import load_dashboard_settings
 from services.ingress.app import build_app
 from services.ingress.settings import load_settings
 
@@ -22,7 +23,7 @@ logger = logging.getLogger("services.ingress")
 async def serve() -> None:
     settings = load_settings()
     config = load_config(config_path_from_env())
-    app = build_app(settings, config)
+    app = build_app(settings, config, load_dashboard_settings())
     runner = web.AppRunner(
         app, access_log=None, shutdown_timeout=settings.shutdown_grace_s
     )

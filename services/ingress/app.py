@@ -9,6 +9,8 @@ import aiohttp
 from aiohttp import web
 
 from services.common.config import GatewayConfig
+from services.dashboard.app import build_dashboard_app, mount_dashboard
+from services.dashboard.settings import DashboardSettings
 from services.ingress import proxy
 from services.ingress.events import EventSender
 from services.ingress.policy_client import PolicyClient
@@ -21,7 +23,11 @@ logger = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 64 * 1024
 
 
-def build_app(settings: IngressSettings, config: GatewayConfig) -> web.Application:
+def build_app(
+    settings: IngressSettings,
+    config: GatewayConfig,
+    dashboard_settings: DashboardSettings | None = None,
+) -> web.Application:
     """Create the application; its clients open on startup and close on cleanup."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -58,6 +64,14 @@ def build_app(settings: IngressSettings, config: GatewayConfig) -> web.Applicati
 
     app.cleanup_ctx.append(clients)
     app.router.add_get("/healthz", _healthz)
+    if dashboard_settings is not None:
+        dashboard = build_dashboard_app(
+            dashboard_settings,
+            config,
+            analytics_address=settings.analytics_address,
+            policy_address=settings.policy_address,
+        )
+        mount_dashboard(app, dashboard)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
 

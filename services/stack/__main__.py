@@ -54,6 +54,7 @@ Tollgate is running.
   OpenAI SDK:     OPENAI_BASE_URL={base}/v1/default/default/openai/v1
   Short form:     {base}/anthropic  and  {base}/openai/v1
   Dashboard:      {base}/dashboard/
+  Admin token:    {stack.admin_token}
   Policy gRPC:    {stack.policy_address}
   Analytics gRPC: {stack.analytics_address}
   Redis:          {stack.redis_url}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -137,6 +138,13 @@ class Stack:
         self.services: dict[str, Service] = {}
         self.redis_url = options.redis_url
         self.clickhouse_url = options.clickhouse_url
+        # Operators sign in to the dashboard with this token. The stack makes
+        # one up when neither the options nor the environment set it.
+        self.admin_token = (
+            options.env.get("TOLLGATE_ADMIN_TOKEN")
+            or os.environ.get("TOLLGATE_ADMIN_TOKEN")
+            or secrets.token_urlsafe(24)
+        )
 
     # ---------------------------------------------------------------- start
 
@@ -241,6 +249,10 @@ class Stack:
         env.update(self.options.env)
         env["REDIS_URL"] = self.redis_url
         env["CLICKHOUSE_URL"] = self.clickhouse_url
+        env["TOLLGATE_ADMIN_TOKEN"] = self.admin_token
+        # The local stack serves the dashboard over plain HTTP on loopback,
+        # where a Secure cookie would not be sent back.
+        env.setdefault("TOLLGATE_DASHBOARD_SECURE_COOKIES", "false")
         env.setdefault("PYTHONUNBUFFERED", "1")
         if self.options.config_path is not None:
             env["TOLLGATE_CONFIG"] = str(self.options.config_path)

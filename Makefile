@@ -8,7 +8,8 @@ PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.generated
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto run test test-faults soak demo lint format bench clean
+.PHONY: help install proto run test test-faults soak demo lint format bench clean \
+	browser vendor-js
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -23,7 +24,29 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-install: $(STAMP) $(GEN_STAMP) ## Create the virtualenv, install, generate code
+install: $(STAMP) $(GEN_STAMP) browser ## Create the virtualenv, install, generate code
+
+# Headless Chromium for the dashboard's browser tests, from Debian's packages.
+# Installed only as root with apt-get; otherwise those tests are skipped.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y -q chromium chromium-driver; \
+		else \
+			echo "chromium not installed: the dashboard browser tests will be skipped"; \
+		fi; \
+	fi
+
+UPLOT_VERSION := 1.6.32
+VENDOR_DIR := services/dashboard/static/vendor
+
+vendor-js: ## Refresh the vendored uPlot charting library from the npm registry
+	rm -rf .vendor-tmp && mkdir -p .vendor-tmp
+	cd .vendor-tmp && npm pack --silent uplot@$(UPLOT_VERSION) && tar xzf uplot-*.tgz
+	cp .vendor-tmp/package/dist/uPlot.iife.min.js .vendor-tmp/package/dist/uPlot.min.css $(VENDOR_DIR)/
+	cp .vendor-tmp/package/LICENSE $(VENDOR_DIR)/uPlot.LICENSE
+	rm -rf .vendor-tmp
 
 $(GEN_STAMP): $(PROTOS)
 	rm -rf gen && mkdir -p gen

@@ -170,7 +170,7 @@ function drawChart(id, xs, lines) {
   const opts = {
     width: Math.max(300, node.clientWidth || 400),
     height: 220,
-    series: [{}].concat(lines.map((line, i) => ({ label: line.label, stroke: palette[i % palette.length], width: 2, points: { show: false } }))),
+    series: [{}].concat(lines.map((line, i) => ({ label: line.label, stroke: palette[i % palette.length], width: 2 }))),
     axes: [{}, { size: 70 }],
     scales: { x: { time: true } },
     legend: { live: false },

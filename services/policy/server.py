@@ -75,6 +75,7 @@ class PolicyServer:
             settings.redis_url,
             prefix=settings.redis_prefix,
             timeout_ms=settings.redis_timeout_ms,
+            cluster=settings.redis_cluster,
         )
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.common.config import ConfigError
-from services.common.env import env_float, env_int
+from services.common.env import env_bool, env_float, env_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +19,8 @@ class PolicySettings:
     # Prefix of every Redis key, so that several deployments (or test runs)
     # can share one Redis without seeing each other's state.
     redis_prefix: str = "tg"
+    # Connect to a Redis Cluster rather than a single server.
+    redis_cluster: bool = False
     # Deadline of one Redis command, in milliseconds.
     redis_timeout_ms: int = 200
     # Seconds a SIGTERM waits for in-flight RPCs before the server stops.
@@ -37,6 +39,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
         environ, "TOLLGATE_POLICY_REDIS_TIMEOUT_MS", 200, problems, minimum=1
     )
     grace_s = env_float(environ, "TOLLGATE_SHUTDOWN_GRACE_S", 5.0, problems)
+    redis_cluster = env_bool(environ, "TOLLGATE_REDIS_CLUSTER", False, problems)
     redis_url = environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
         problems.append(
@@ -50,6 +53,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
         port=port,
         redis_url=redis_url,
         redis_prefix=environ.get("TOLLGATE_REDIS_PREFIX", "tg"),
+        redis_cluster=redis_cluster,
         redis_timeout_ms=timeout_ms,
         shutdown_grace_s=grace_s,
         identity_secret=environ.get("TOLLGATE_IDENTITY_SECRET", ""),

@@ -16,13 +16,17 @@ from services.policy.errors import StoreUnavailableError
 class RedisStore:
     """One pooled Redis client plus the key builder every feature uses."""
 
-    def __init__(self, url: str, *, prefix: str, timeout_ms: int) -> None:
+    def __init__(
+        self, url: str, *, prefix: str, timeout_ms: int, cluster: bool = False
+    ) -> None:
         timeout_s = timeout_ms / 1000
-        self.client: redis.Redis = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            health_check_interval=10,
+        options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+        # RedisCluster speaks the same commands; the hash tag in every key
+        # keeps the keys of one decision in one slot.
+        self.client: redis.Redis | redis.RedisCluster = (
+            redis.RedisCluster.from_url(url, **options)
+            if cluster
+            else redis.Redis.from_url(url, health_check_interval=10, **options)
         )
         self.prefix = prefix
 

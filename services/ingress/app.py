@@ -9,8 +9,10 @@ import aiohttp
 from aiohttp import web
 
 from services.common.config import GatewayConfig
-from services.ingress import proxy
+from services.common.limit_config import load_gateway_limits
+from services.ingress import proxy, settle
 from services.ingress.events import EventSender
+from services.ingress.fallback_limits import LocalLimiter
 from services.ingress.policy_client import PolicyClient
 from services.ingress.settings import IngressSettings
 from services.ingress.state import IngressState
@@ -31,6 +33,8 @@ def build_app(settings: IngressSettings, config: GatewayConfig) -> web.Applicati
         },
     )
 
+    fallback_limiter = LocalLimiter(load_gateway_limits(config))
+
     async def clients(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
         session = aiohttp.ClientSession(
@@ -50,8 +54,12 @@ def build_app(settings: IngressSettings, config: GatewayConfig) -> web.Applicati
             flush_interval_ms=settings.event_flush_interval_ms,
         )
         await events.start()
-        app[IngressState.KEY] = IngressState(settings, config, session, policy, events)
+        state = IngressState(
+            settings, config, session, policy, events, fallback_limiter
+        )
+        app[IngressState.KEY] = state
         yield
+        await settle.drain(state.settle_tasks, settings.shutdown_grace_s)
         await events.stop(settings.shutdown_grace_s)
         await policy.close()
         await session.close()

@@ -9,10 +9,12 @@ import aiohttp
 from aiohttp import web
 
 from services.common.config import GatewayConfig
+from services.common.limit_config import load_gateway_limits
 from services.dashboard.app import build_dashboard_app, mount_dashboard
 from services.dashboard.settings import DashboardSettings
-from services.ingress import proxy
+from services.ingress import proxy, settle
 from services.ingress.events import EventSender
+from services.ingress.fallback_limits import LocalLimiter
 from services.ingress.policy_client import PolicyClient
 from services.ingress.settings import IngressSettings
 from services.ingress.state import IngressState
@@ -37,6 +39,8 @@ def build_app(
         },
     )
 
+    fallback_limiter = LocalLimiter(load_gateway_limits(config))
+
     async def clients(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
         session = aiohttp.ClientSession(
@@ -56,8 +60,12 @@ def build_app(
             flush_interval_ms=settings.event_flush_interval_ms,
         )
         await events.start()
-        app[IngressState.KEY] = IngressState(settings, config, session, policy, events)
+        state = IngressState(
+            settings, config, session, policy, events, fallback_limiter
+        )
+        app[IngressState.KEY] = state
         yield
+        await settle.drain(state.settle_tasks, settings.shutdown_grace_s)
         await events.stop(settings.shutdown_grace_s)
         await policy.close()
         await session.close()

@@ -8,6 +8,7 @@ and the like) instead follow the gateway's fail mode.
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 from google.rpc import error_details_pb2
@@ -27,6 +28,7 @@ from services.ingress.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from services.ingress.fallback_limits import LocalLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +48,30 @@ CACHE_STATUS_HEADERS = {
 
 # Count of calls admitted without a policy decision, for logs and metrics.
 fail_open_count = 0
+# Fail-open admissions are logged at most once per this many seconds, with
+# the count since the last line.
+FAIL_OPEN_LOG_INTERVAL_S = 10.0
+_fail_open_logged_at = -FAIL_OPEN_LOG_INTERVAL_S
+_fail_open_unlogged = 0
+# Limit kinds an OpenAI error names as type "tokens"; every other is "requests".
+TOKEN_METRICS = ("input_tokens", "output_tokens", "total_tokens")
 
 
 def handle_policy_error(
-    exc: grpc.aio.AioRpcError, gateway: Gateway | None, call: Call
+    exc: grpc.aio.AioRpcError,
+    gateway: Gateway | None,
+    call: Call,
+    limiter: LocalLimiter | None = None,
+    request: policy_pb2.CheckRequest | None = None,
 ) -> policy_pb2.CheckResponse:
     """Raise the denial that ``exc`` carries, or admit the call degraded."""
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        raise _rate_limited(exc)
     denial = DENIALS.get(exc.code())
     if denial is not None:
         raise denial(exc.details() or "request denied", headers=_retry_headers(exc))
 
-    global fail_open_count
+    global fail_open_count, _fail_open_logged_at, _fail_open_unlogged
     if gateway is not None and gateway.fail_mode == "closed":
         logger.error(
             "policy check failed (%s); gateway %s/%s fails closed",
@@ -68,13 +83,28 @@ def handle_policy_error(
             "the gateway cannot check this request right now; retry later",
             headers={"retry-after": "1"},
         )
+    if limiter is not None and request is not None:
+        wait_s = limiter.admit(request)
+        if wait_s:
+            raise RateLimited(
+                "rate limit exceeded (the gateway applies its local limits while "
+                f"its policy service is unavailable); retry in {wait_s} s",
+                headers={"retry-after": str(wait_s)},
+            )
     fail_open_count += 1
-    logger.warning(
-        "policy check failed (%s: %s); admitting the call (fail-open, %d so far)",
-        exc.code().name,
-        exc.details(),
-        fail_open_count,
-    )
+    _fail_open_unlogged += 1
+    now = time.monotonic()
+    if now - _fail_open_logged_at >= FAIL_OPEN_LOG_INTERVAL_S:
+        logger.warning(
+            "policy check failed (%s: %s); admitted %d calls fail-open since the "
+            "last report, %d in total",
+            exc.code().name,
+            exc.details(),
+            _fail_open_unlogged,
+            fail_open_count,
+        )
+        _fail_open_logged_at = now
+        _fail_open_unlogged = 0
     return policy_pb2.CheckResponse(
         identity=policy_pb2.Identity(
             user_id="unknown", source=policy_pb2.IDENTITY_SOURCE_UNSPECIFIED
@@ -84,6 +114,42 @@ def handle_policy_error(
         collect_payload=True,
         degraded=True,
     )
+
+
+class TokensRateLimited(RateLimited):
+    openai_type = "tokens"
+
+
+def _rate_limited(exc: grpc.aio.AioRpcError) -> RateLimited:
+    """Build the 429 of a limit denial from its QuotaFailure and RetryInfo."""
+    headers = _retry_headers(exc)
+    violation = _quota_violation(exc)
+    if violation is None:
+        return RateLimited(exc.details() or "rate limit exceeded", headers=headers)
+    retry_after = headers.get("retry-after", "1")
+    headers["ratelimit-limit"] = str(violation.quota_value)
+    headers["ratelimit-remaining"] = "0"
+    headers["ratelimit-reset"] = retry_after
+    headers["ratelimit"] = f'"{violation.quota_id}";r=0;t={retry_after}'
+    error_type = (
+        TokensRateLimited if violation.quota_metric in TOKEN_METRICS else (RateLimited)
+    )
+    return error_type(violation.description or exc.details(), headers=headers)
+
+
+def _quota_violation(
+    exc: grpc.aio.AioRpcError,
+) -> error_details_pb2.QuotaFailure.Violation | None:
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            quota = error_details_pb2.QuotaFailure()
+            detail.Unpack(quota)
+            if quota.violations:
+                return quota.violations[0]
+    return None
 
 
 def _retry_headers(exc: grpc.aio.AioRpcError) -> dict[str, str]:

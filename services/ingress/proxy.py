@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 from gateway.analytics.v1 import analytics_pb2
 from gateway.policy.v1 import policy_pb2
 from services.common.logs import request_id_var
-from services.ingress import policy_outcomes
+from services.ingress import policy_outcomes, settle
 from services.ingress.calls import Call, build_event, read_request_facts
 from services.ingress.errors import (
     GatewayError,
@@ -95,6 +95,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await _serve(request, state, call)
     finally:
         _record(state, call)
+        settle.schedule_settle(state.policy, state.settle_tasks, call)
 
 
 async def _serve(
@@ -196,7 +197,9 @@ async def _check(
         return await state.policy.check(check_request)
     except grpc.aio.AioRpcError as exc:
         gateway = state.config.gateway(call.route.account_id, call.route.gateway_id)
-        return policy_outcomes.handle_policy_error(exc, gateway, call)
+        return policy_outcomes.handle_policy_error(
+            exc, gateway, call, state.fallback_limiter, check_request
+        )
 
 
 def _upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import aiohttp
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from services.common.config import GatewayConfig
 from services.ingress.events import EventSender
+from services.ingress.fallback_limits import LocalLimiter
 from services.ingress.policy_client import PolicyClient
 from services.ingress.settings import IngressSettings
 
@@ -23,6 +25,11 @@ class IngressState:
     session: aiohttp.ClientSession
     policy: PolicyClient
     events: EventSender
+    # Request limits applied by this replica while calls are admitted
+    # fail-open.
+    fallback_limiter: LocalLimiter | None = None
+    # Settle calls still running, kept so that they are not collected.
+    settle_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 IngressState.KEY = web.AppKey("ingress_state", IngressState)

@@ -34,6 +34,9 @@ class CallOutcome:
     first_token_ns: int = 0
     # True once a stream reached its end marker (message_stop or [DONE]).
     complete: bool = False
+    # Content events streamed, a lower bound of the output tokens of a
+    # stream that ended before its final usage.
+    delta_events: int = 0
 
 
 def _int(value: Any) -> int:
@@ -128,6 +131,7 @@ class StreamObserver:
     def _observe_anthropic(self, name: str, data: str, now_ns: int) -> None:
         outcome = self.outcome
         if name == "content_block_delta":
+            outcome.delta_events += 1
             if not outcome.first_token_ns:
                 outcome.first_token_ns = now_ns
             return
@@ -156,6 +160,7 @@ class StreamObserver:
         if data == "[DONE]":
             outcome.complete = True
             return
+        outcome.delta_events += 1
         needs_token = not outcome.first_token_ns
         carries_fields = (
             not outcome.model

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.policy.v1 import policy_pb2
 from services.common.config import GatewayConfig
 from services.policy import identity
 from services.policy.errors import UnknownGatewayError
 from services.policy.store import RedisStore
+
+if TYPE_CHECKING:
+    from services.policy.limit_decisions import LimitEngine
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +23,8 @@ class PolicyContext:
     store: RedisStore
     # Key of the HMAC that turns provider keys into user ids.
     identity_secret: bytes
+    # Rate limits, budgets and the loop guard; None to apply none.
+    limits: LimitEngine | None = None
 
 
 async def check(
@@ -36,14 +42,25 @@ async def check(
         request.presented_key, metadata, ctx.identity_secret
     )
 
+    # Limits and the loop guard run before the cache lookup, so that a loop
+    # served from cache is still stopped.
+    admission = None
+    if ctx.limits is not None:
+        admission = await ctx.limits.admit(request, caller)
+
     collect_log = request.headers.get("cf-aig-collect-log", "").lower() != "false"
     collect_payload = (
         request.headers.get("cf-aig-collect-log-payload", "").lower() != "false"
     )
-    return policy_pb2.CheckResponse(
+    response = policy_pb2.CheckResponse(
         identity=caller,
         cache=policy_pb2.CacheDecision(status=policy_pb2.CACHE_STATUS_BYPASS),
         collect_log=collect_log,
         collect_payload=collect_payload,
         metadata=metadata,
     )
+    if admission is not None:
+        if admission.tightest_limit is not None:
+            response.tightest_limit.CopyFrom(admission.tightest_limit)
+        response.reservation_id = admission.reservation_id
+    return response

@@ -4,7 +4,8 @@ PolicyError
 ├── UnknownGatewayError       NOT_FOUND
 ├── AuthenticationError       UNAUTHENTICATED
 ├── InvalidRequestError       INVALID_ARGUMENT
-└── StoreUnavailableError     UNAVAILABLE (Redis failed or timed out)
+├── StoreUnavailableError     UNAVAILABLE (Redis failed or timed out)
+└── LimitExceededError        RESOURCE_EXHAUSTED (a limit or the loop guard)
 """
 
 from __future__ import annotations
@@ -46,3 +47,19 @@ def status_code_for(error: PolicyError) -> grpc.StatusCode:
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL
+
+
+class LimitExceededError(PolicyError):
+    """A limit or the loop guard denied the call."""
+
+    def __init__(
+        self, message: str, *, name: str, kind: str, limit: int, retry_after_s: int
+    ) -> None:
+        super().__init__(message)
+        self.name = name
+        self.kind = kind
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
+STATUS_CODES[LimitExceededError] = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -7,12 +7,18 @@ import secrets
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from gateway.policy.v1 import policy_pb2, policy_pb2_grpc
 from services.common.config import GatewayConfig
+from services.common.limit_config import load_gateway_limits
 from services.common.logs import request_id_var
+from services.common.pricing import load_price_table
+from services.policy.admin import PolicyAdminServicer
 from services.policy.check import PolicyContext, check
-from services.policy.errors import PolicyError, status_code_for
+from services.policy.errors import LimitExceededError, PolicyError, status_code_for
+from services.policy.limit_decisions import LimitEngine, rich_status
+from services.policy.limit_store import LimitStore
 from services.policy.settings import PolicySettings
 from services.policy.store import RedisStore
 
@@ -34,6 +40,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         request_id_var.set(request.request_id or "-")
         try:
             return await check(self.ctx, request)
+        except LimitExceededError as exc:
+            await context.abort_with_status(rpc_status.to_status(rich_status(exc)))
+            raise  # unreachable: abort raises
         except PolicyError as exc:
             await context.abort(status_code_for(exc), str(exc))
             raise  # unreachable: abort raises
@@ -41,6 +50,13 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def Settle(
         self, request: policy_pb2.SettleRequest, context: grpc.aio.ServicerContext
     ) -> policy_pb2.SettleResponse:
+        request_id_var.set(request.request_id or "-")
+        if self.ctx.limits is None or not request.reservation_id:
+            return policy_pb2.SettleResponse()
+        try:
+            await self.ctx.limits.settle(request)
+        except PolicyError as exc:
+            await context.abort(status_code_for(exc), str(exc))
         return policy_pb2.SettleResponse()
 
     async def StoreCacheEntry(
@@ -91,9 +107,18 @@ class PolicyServer:
         identity_secret = await load_identity_secret(
             self.store, self.settings.identity_secret
         )
-        ctx = PolicyContext(self.config, self.store, identity_secret)
+        limit_engine = LimitEngine(
+            LimitStore(self.store),
+            load_gateway_limits(self.config),
+            load_price_table(),
+            lease_ms=self.settings.concurrency_lease_s * 1000,
+        )
+        ctx = PolicyContext(self.config, self.store, identity_secret, limit_engine)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(
             PolicyServicer(ctx), self.server
+        )
+        policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server(
+            PolicyAdminServicer(ctx), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{self.settings.host}:{self.settings.port}"

@@ -29,6 +29,9 @@ class PolicySettings:
     # the first replica generate one and share it through Redis.
     identity_secret: str = ""
     ready_file: str = ""
+    # Lease of a concurrency slot, in seconds: a call that never settles (its
+    # ingress crashed) frees its slot after this long.
+    concurrency_lease_s: int = 900
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
@@ -37,6 +40,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
     port = env_int(environ, "TOLLGATE_POLICY_PORT", 50051, problems)
     timeout_ms = env_int(
         environ, "TOLLGATE_POLICY_REDIS_TIMEOUT_MS", 200, problems, minimum=1
+    )
+    lease_s = env_int(
+        environ, "TOLLGATE_CONCURRENCY_LEASE_S", 900, problems, minimum=1
     )
     grace_s = env_float(environ, "TOLLGATE_SHUTDOWN_GRACE_S", 5.0, problems)
     redis_cluster = env_bool(environ, "TOLLGATE_REDIS_CLUSTER", False, problems)
@@ -58,4 +64,5 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
         shutdown_grace_s=grace_s,
         identity_secret=environ.get("TOLLGATE_IDENTITY_SECRET", ""),
         ready_file=environ.get("TOLLGATE_READY_FILE", ""),
+        concurrency_lease_s=lease_s,
     )

@@ -139,7 +139,10 @@ default_gateway = "open"
 """
 
 
-def start_stack(data_dir: Path, config_text: str = CONFIG) -> RunningStack:
+def start_stack(
+    data_dir: Path, config_text: str = CONFIG, *, own_redis: bool = False
+) -> RunningStack:
+    """Start a stack; ``own_redis`` starts a redis-server of its own on a free port."""
     simulator = start_simulator(data_dir)
     config_path = data_dir / "tollgate.toml"
     config_path.write_text(config_text, encoding="utf-8")
@@ -150,7 +153,8 @@ def start_stack(data_dir: Path, config_text: str = CONFIG) -> RunningStack:
         policy_port=0,
         analytics_port=0,
         clickhouse_port=0,
-        redis_port=6379,
+        redis_port=0 if own_redis else 6379,
+        reuse_local_redis=not own_redis,
         config_path=config_path,
         env={
             "TOLLGATE_ANTHROPIC_BASE_URL": f"{sim_url}/anthropic",

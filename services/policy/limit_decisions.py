@@ -1,0 +1,303 @@
+"""Admission and settlement of limits: the glue between Check, Settle and Redis.
+
+One Check makes at most two Redis round trips for limits: one pipeline that
+reads the runtime limits and the caller's loop-guard override, and one run
+of the check script over every applicable limit at once (all or nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from gateway.policy.v1 import policy_pb2
+from services.common.limit_config import GatewayLimits, LimitSpec
+from services.common.pricing import ModelPrice, PriceTable, cost_usd_micros
+from services.policy import limits
+from services.policy.errors import InvalidRequestError, LimitExceededError
+from services.policy.limit_store import Admitted, LimitStore, ScriptLimit
+
+logger = logging.getLogger(__name__)
+
+# Minimum seconds between two log lines about the same unpriced model.
+UNPRICED_LOG_INTERVAL_S = 60.0
+# A reservation record outlives its longest window by this much.
+RECORD_GRACE_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    tightest_limit: policy_pb2.LimitState | None = None
+    reservation_id: str = ""
+
+
+def _script_limit(applied: limits.AppliedLimit, amount: int) -> ScriptLimit:
+    spec = applied.spec
+    return ScriptLimit(
+        key_parts=applied.key_parts,
+        concurrent=spec.kind == "concurrent",
+        limit=spec.limit,
+        window_ms=spec.window_s * 1000,
+        amount=amount,
+        capped=spec.kind in limits.CAPPED_KINDS,
+    )
+
+
+def _needs_settle(kind: str) -> bool:
+    return kind != "requests"
+
+
+class LimitEngine:
+    """Decides limits for Check, settles them for Settle, reports their status."""
+
+    def __init__(
+        self,
+        store: LimitStore,
+        gateway_limits: Mapping[tuple[str, str], GatewayLimits],
+        prices: PriceTable,
+        *,
+        lease_ms: int,
+    ) -> None:
+        self.store = store
+        self.gateway_limits = gateway_limits
+        self.prices = prices
+        self.fallback_price = prices.max_price()
+        self.lease_ms = lease_ms
+        self._unpriced_logged: dict[tuple[str, str], float] = {}
+
+    def price_of(self, provider: str, model: str) -> ModelPrice:
+        """Return the model's price, or the table's highest prices for an unknown one.
+
+        An unknown model is never free: spend limits charge it at the highest
+        input, output and cache prices in the table, which errs towards
+        stopping a budget early rather than late.
+        """
+        price = self.prices.lookup(provider, model)
+        if price is not None:
+            return price
+        now = time.monotonic()
+        last = self._unpriced_logged.get((provider, model), -UNPRICED_LOG_INTERVAL_S)
+        if now - last >= UNPRICED_LOG_INTERVAL_S:
+            self._unpriced_logged[(provider, model)] = now
+            logger.warning(
+                "no price for %s model %r; spend limits charge the highest "
+                "prices in the table",
+                provider,
+                model,
+            )
+        return self.fallback_price
+
+    async def admit(
+        self, request: policy_pb2.CheckRequest, caller: policy_pb2.Identity
+    ) -> Admission:
+        """Apply every limit and the loop guard to one call, consuming on admission.
+
+        Raises LimitExceededError naming the limit that denied the call, and
+        StoreUnavailableError when Redis fails.
+        """
+        account_id, gateway_id = request.account_id, request.gateway_id
+        configured = self.gateway_limits.get(
+            (account_id, gateway_id), GatewayLimits((), None)
+        )
+        runtime, guard_override = await self.store.read_rules(
+            account_id, gateway_id, caller.user_id
+        )
+        specs = limits.merge_limits(configured.limits, runtime)
+        applied = limits.select_limits(specs, caller)
+        guard = guard_override or configured.loop_guard
+        if not applied and guard is None:
+            return Admission()
+
+        estimate = limits.estimate_tokens(request.max_tokens, request.body_bytes)
+        cost = 0
+        if any(item.spec.kind == "spend" for item in applied):
+            price = self.price_of(request.provider, request.model)
+            cost = limits.estimate_cost(estimate, price)
+        script_limits = [
+            _script_limit(
+                item, limits.reservation_amount(item.spec.kind, estimate, cost)
+            )
+            for item in applied
+        ]
+        if guard is not None:
+            script_limits.append(
+                ScriptLimit(
+                    key_parts=limits.loop_guard_key_parts(
+                        caller, request.endpoint, request.body_sha256
+                    ),
+                    concurrent=False,
+                    limit=guard.max_repeats,
+                    window_ms=guard.window_s * 1000,
+                    amount=1,
+                    capped=False,
+                )
+            )
+
+        token = uuid.uuid4().hex
+        settled = [
+            [index, item.spec.kind, list(item.key_parts), item.spec.window_s * 1000]
+            for index, item in enumerate(applied)
+            if _needs_settle(item.spec.kind)
+        ]
+        record_ttl_ms = 0
+        if settled:
+            longest_ms = max(item.spec.window_s for item in applied) * 1000
+            record_ttl_ms = max(longest_ms, self.lease_ms) + RECORD_GRACE_MS
+        meta = orjson.dumps({"l": settled, "p": request.provider, "m": request.model})
+        result = await self.store.evaluate(
+            account_id,
+            gateway_id,
+            token,
+            script_limits,
+            dry=False,
+            lease_ms=self.lease_ms,
+            record_ttl_ms=record_ttl_ms,
+            meta=meta,
+        )
+        if not isinstance(result, Admitted):
+            raise self._denial(result.index, result.retry_after_ms, applied, guard)
+
+        uses = [
+            limits.LimitUse(item, result.used[index], result.reset_ms[index])
+            for index, item in enumerate(applied)
+        ]
+        tightest = limits.tightest(uses)
+        return Admission(
+            tightest_limit=limits.limit_state(tightest) if tightest else None,
+            reservation_id=f"{account_id}/{gateway_id}/{token}" if settled else "",
+        )
+
+    def _denial(
+        self,
+        index: int,
+        retry_after_ms: int,
+        applied: list[limits.AppliedLimit],
+        guard: object,
+    ) -> LimitExceededError:
+        retry_after_s = max(-(-retry_after_ms // 1000), 1)
+        if index >= len(applied):
+            assert guard is not None
+            name, kind = limits.LOOP_GUARD_NAME, "loop_guard"
+            limit = getattr(guard, "max_repeats", 0)
+        else:
+            spec = applied[index].spec
+            name, kind, limit = applied[index].name, spec.kind, spec.limit
+        message = limits.denial_message(name, kind, limit, retry_after_s)
+        return LimitExceededError(
+            message, name=name, kind=kind, limit=limit, retry_after_s=retry_after_s
+        )
+
+    async def settle(self, request: policy_pb2.SettleRequest) -> bool:
+        """Replace a call's reservations with its real usage; False if none is left."""
+        parts = request.reservation_id.split("/")
+        if len(parts) != 3 or not all(parts):
+            raise InvalidRequestError(
+                f"invalid reservation_id {request.reservation_id!r}: expected "
+                "account/gateway/id as Check returned it"
+            )
+        account_id, gateway_id, token = parts
+        key = self.store.reservation_key(account_id, gateway_id, token)
+        record = await self.store.read_reservation(key)
+        if b"meta" not in record:
+            return False
+        meta = orjson.loads(record[b"meta"])
+        usage = self._usage(request, meta.get("p", ""), meta.get("m", ""))
+        entries = []
+        for index, kind, key_parts, window_ms in meta["l"]:
+            reserved = int(record.get(f"a{index + 1}".encode(), b"0"))
+            limit = ScriptLimit(
+                key_parts=tuple(key_parts),
+                concurrent=kind == "concurrent",
+                limit=0,
+                window_ms=int(window_ms),
+                amount=0,
+                capped=False,
+            )
+            entries.append((limit, reserved, limits.settled_amount(kind, usage)))
+        return await self.store.settle(account_id, gateway_id, token, entries)
+
+    def _usage(
+        self, request: policy_pb2.SettleRequest, provider: str, model: str
+    ) -> limits.SettledUsage:
+        usage = request.usage
+        if request.custom_cost_usd_micros >= 0:
+            cost = request.custom_cost_usd_micros
+        else:
+            price = self.price_of(request.provider or provider, request.model or model)
+            cost = cost_usd_micros(
+                price,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_read_tokens,
+                usage.cache_write_tokens,
+            )
+        return limits.SettledUsage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cost_usd_micros=cost,
+        )
+
+    async def status(
+        self, account_id: str, gateway_id: str, caller: policy_pb2.Identity
+    ) -> list[policy_pb2.LimitState]:
+        """Report each limit that applies to ``caller`` without consuming any."""
+        configured = self.gateway_limits.get(
+            (account_id, gateway_id), GatewayLimits((), None)
+        )
+        runtime, _ = await self.store.read_rules(account_id, gateway_id, caller.user_id)
+        applied = limits.select_limits(
+            limits.merge_limits(configured.limits, runtime), caller
+        )
+        if not applied:
+            return []
+        result = await self.store.evaluate(
+            account_id,
+            gateway_id,
+            uuid.uuid4().hex,
+            [_script_limit(item, 0) for item in applied],
+            dry=True,
+            lease_ms=self.lease_ms,
+            record_ttl_ms=0,
+        )
+        assert isinstance(result, Admitted)
+        return [
+            limits.limit_state(
+                limits.LimitUse(item, result.used[index], result.reset_ms[index])
+            )
+            for index, item in enumerate(applied)
+        ]
+
+    def all_limits(self, account_id: str, gateway_id: str) -> tuple[LimitSpec, ...]:
+        configured = self.gateway_limits.get((account_id, gateway_id))
+        return configured.limits if configured else ()
+
+
+def rich_status(error: LimitExceededError) -> status_pb2.Status:
+    """Build the google.rpc.Status of a denial: QuotaFailure plus RetryInfo."""
+    violation = error_details_pb2.QuotaFailure.Violation(
+        subject=error.name,
+        description=str(error),
+        quota_metric=error.kind,
+        quota_id=error.name,
+        quota_value=error.limit,
+    )
+    quota = any_pb2.Any()
+    quota.Pack(error_details_pb2.QuotaFailure(violations=[violation]))
+    retry = any_pb2.Any()
+    retry.Pack(
+        error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(seconds=error.retry_after_s)
+        )
+    )
+    return status_pb2.Status(
+        code=code_pb2.RESOURCE_EXHAUSTED, message=str(error), details=[quota, retry]
+    )

@@ -9,7 +9,7 @@ import aiohttp
 from aiohttp import web
 
 from services.common.config import GatewayConfig
-from services.ingress import proxy
+from services.ingress import cache_replay, proxy
 from services.ingress.events import EventSender
 from services.ingress.policy_client import PolicyClient
 from services.ingress.settings import IngressSettings
@@ -52,6 +52,7 @@ def build_app(settings: IngressSettings, config: GatewayConfig) -> web.Applicati
         await events.start()
         app[IngressState.KEY] = IngressState(settings, config, session, policy, events)
         yield
+        await cache_replay.drain(app[IngressState.KEY])
         await events.stop(settings.shutdown_grace_s)
         await policy.close()
         await session.close()

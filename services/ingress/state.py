@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import aiohttp
@@ -23,6 +24,8 @@ class IngressState:
     session: aiohttp.ClientSession
     policy: PolicyClient
     events: EventSender
+    # StoreCacheEntry calls in flight, referenced until they finish.
+    cache_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 IngressState.KEY = web.AppKey("ingress_state", IngressState)

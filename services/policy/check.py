@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.policy.v1 import policy_pb2
 from services.common.config import GatewayConfig
 from services.policy import identity
+from services.policy.cache import BYPASS, ResponseCache
 from services.policy.errors import UnknownGatewayError
 from services.policy.store import RedisStore
 
@@ -19,6 +20,8 @@ class PolicyContext:
     store: RedisStore
     # Key of the HMAC that turns provider keys into user ids.
     identity_secret: bytes
+    # None leaves every call uncached (BYPASS).
+    cache: ResponseCache | None = None
 
 
 async def check(
@@ -36,13 +39,17 @@ async def check(
         request.presented_key, metadata, ctx.identity_secret
     )
 
+    cache = BYPASS
+    if ctx.cache is not None:
+        cache = await ctx.cache.decide(request, caller)
+
     collect_log = request.headers.get("cf-aig-collect-log", "").lower() != "false"
     collect_payload = (
         request.headers.get("cf-aig-collect-log-payload", "").lower() != "false"
     )
     return policy_pb2.CheckResponse(
         identity=caller,
-        cache=policy_pb2.CacheDecision(status=policy_pb2.CACHE_STATUS_BYPASS),
+        cache=cache,
         collect_log=collect_log,
         collect_payload=collect_payload,
         metadata=metadata,

@@ -11,6 +11,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from gateway.policy.v1 import policy_pb2, policy_pb2_grpc
 from services.common.config import GatewayConfig
 from services.common.logs import request_id_var
+from services.policy.cache import ResponseCache
+from services.policy.cache_admin import CacheAdminServicer
+from services.policy.cache_rules import load_gateway_cache_configs
 from services.policy.check import PolicyContext, check
 from services.policy.errors import PolicyError, status_code_for
 from services.policy.settings import PolicySettings
@@ -48,7 +51,31 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         request: policy_pb2.StoreCacheEntryRequest,
         context: grpc.aio.ServicerContext,
     ) -> policy_pb2.StoreCacheEntryResponse:
-        return policy_pb2.StoreCacheEntryResponse(stored=False)
+        request_id_var.set(request.request_id or "-")
+        if self.ctx.cache is None:
+            return policy_pb2.StoreCacheEntryResponse(stored=False)
+        try:
+            stored = await self.ctx.cache.store(request)
+        except PolicyError as exc:
+            await context.abort(status_code_for(exc), str(exc))
+            raise  # unreachable: abort raises
+        return policy_pb2.StoreCacheEntryResponse(stored=stored)
+
+    async def WaitCacheEntry(
+        self,
+        request: policy_pb2.WaitCacheEntryRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> policy_pb2.WaitCacheEntryResponse:
+        request_id_var.set(request.request_id or "-")
+        if self.ctx.cache is None:
+            miss = policy_pb2.CacheDecision(status=policy_pb2.CACHE_STATUS_MISS)
+            return policy_pb2.WaitCacheEntryResponse(cache=miss)
+        try:
+            decision = await self.ctx.cache.wait(request)
+        except PolicyError as exc:
+            await context.abort(status_code_for(exc), str(exc))
+            raise  # unreachable: abort raises
+        return policy_pb2.WaitCacheEntryResponse(cache=decision)
 
 
 async def load_identity_secret(store: RedisStore, configured: str) -> bytes:
@@ -84,15 +111,21 @@ class PolicyServer:
             ]
         )
         self.port = 0
+        # Validated here, so that a bad cache table stops the service at once.
+        self.cache_configs = load_gateway_cache_configs(config)
 
     async def start(self) -> int:
         await self.store.ping()
         identity_secret = await load_identity_secret(
             self.store, self.settings.identity_secret
         )
-        ctx = PolicyContext(self.config, self.store, identity_secret)
+        cache = ResponseCache(self.store, self.cache_configs)
+        ctx = PolicyContext(self.config, self.store, identity_secret, cache)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(
             PolicyServicer(ctx), self.server
+        )
+        policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server(
+            CacheAdminServicer(cache, self.config), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{self.settings.host}:{self.settings.port}"

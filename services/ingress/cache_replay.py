@@ -1,6 +1,6 @@
 """Serve cache hits and hand cacheable misses to the policy service.
 
-A hit is answered from the CheckResponse without any upstream call: a JSON
+A hit is served from the CheckResponse without any upstream call: a JSON
 entry as one body, an SSE entry replayed event by event (the stored bytes cut
 after each blank line), so an SDK's stream parser sees the original events.
 
@@ -17,6 +17,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Mapping
 
 import grpc
 import orjson
@@ -49,7 +50,7 @@ class CacheCapture:
         self.too_large = False
         self.headers: dict[str, str] = {}
 
-    def begin(self, upstream_headers: CIMultiDict[str] | dict[str, str]) -> None:
+    def begin(self, upstream_headers: Mapping[str, str]) -> None:
         """Keep the response headers that a hit replays."""
         for name in REPLAYED_HEADERS:
             value = upstream_headers.get(name)
@@ -114,7 +115,7 @@ def start_capture(call: Call) -> None:
 async def cached_answer(
     state: IngressState, call: Call
 ) -> policy_pb2.CachedResponse | None:
-    """Return the entry to answer with: a hit, or one a leader stored meanwhile."""
+    """Return the entry to serve: a hit, or one that a leader stored meanwhile."""
     decision = call.decision
     if decision is None:
         return None
@@ -173,7 +174,7 @@ def _hit_outcome(call: Call, cached: policy_pb2.CachedResponse) -> CallOutcome:
 async def serve_hit(
     request: web.Request, call: Call, cached: policy_pb2.CachedResponse
 ) -> web.StreamResponse:
-    """Answer the call from the cache entry, without an upstream call."""
+    """Serve the call from the cache entry, without an upstream call."""
     call.status = cached.status or 200
     call.cache_status = analytics_pb2.CACHE_STATUS_HIT
     call.outcome = _hit_outcome(call, cached)
@@ -212,6 +213,7 @@ def finish(state: IngressState, call: Call) -> None:
     store = policy_pb2.StoreCacheEntryRequest(
         request_id=call.request_id, key=cache.key, ttl_s=cache.ttl_s
     )
+
     reason = not_cacheable_reason(call, capture)
     if reason:
         logger.debug("response not cached: %s", reason)
@@ -234,6 +236,7 @@ def finish(state: IngressState, call: Call) -> None:
                 model=outcome.model or call.facts.model,
             )
         )
+
     task = asyncio.get_running_loop().create_task(_store(state, store))
     state.cache_tasks.add(task)
     task.add_done_callback(state.cache_tasks.discard)

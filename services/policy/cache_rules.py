@@ -301,9 +301,11 @@ class CacheRuleStore:
         return bool(removed)
 
 
-def _parse_rule(value: bytes | None) -> policy_pb2.CacheRule | None:
+def _parse_rule(value: bytes | str | None) -> policy_pb2.CacheRule | None:
     if value is None:
         return None
+    if isinstance(value, str):
+        value = value.encode()
     rule = policy_pb2.CacheRule()
     rule.ParseFromString(value)
     return rule

@@ -16,7 +16,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIMESTAMP_US = (2**32 - 1) * 1_000_000
 MAX_STATUS = 65535
 
-# Column names and ClickHouse types in insert order; they match migration 1.
+# Column names and ClickHouse types in insert order; they match migrations 1
+# and 2 (the saved_* columns).
 CALL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("event_id", "UUID"),
     ("request_id", "String"),
@@ -54,6 +55,10 @@ CALL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("request_body", "String"),
     ("response_body", "String"),
     ("inserted_at", "DateTime64(6, 'UTC')"),
+    ("saved_input_tokens", "UInt64"),
+    ("saved_output_tokens", "UInt64"),
+    ("saved_cache_read_tokens", "UInt64"),
+    ("saved_cache_write_tokens", "UInt64"),
 )
 CALL_COLUMN_NAMES = tuple(name for name, _ in CALL_COLUMNS)
 CALL_COLUMN_TYPES = tuple(type_name for _, type_name in CALL_COLUMNS)
@@ -75,6 +80,10 @@ _NON_NEGATIVE_FIELDS = (
     "output_tokens",
     "cache_read_tokens",
     "cache_write_tokens",
+    "saved_input_tokens",
+    "saved_output_tokens",
+    "saved_cache_read_tokens",
+    "saved_cache_write_tokens",
 )
 
 
@@ -162,6 +171,10 @@ def event_to_row(
         event.request_body,
         event.response_body,
         inserted_at,
+        event.saved_input_tokens,
+        event.saved_output_tokens,
+        event.saved_cache_read_tokens,
+        event.saved_cache_write_tokens,
     )
 
 

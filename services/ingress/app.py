@@ -12,7 +12,7 @@ from services.common.config import GatewayConfig
 from services.common.limit_config import load_gateway_limits
 from services.dashboard.app import build_dashboard_app, mount_dashboard
 from services.dashboard.settings import DashboardSettings
-from services.ingress import proxy, settle
+from services.ingress import cache_replay, proxy, settle
 from services.ingress.events import EventSender
 from services.ingress.fallback_limits import LocalLimiter
 from services.ingress.policy_client import PolicyClient
@@ -66,6 +66,7 @@ def build_app(
         app[IngressState.KEY] = state
         yield
         await settle.drain(state.settle_tasks, settings.shutdown_grace_s)
+        await cache_replay.drain(app[IngressState.KEY])
         await events.stop(settings.shutdown_grace_s)
         await policy.close()
         await session.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -15,6 +15,9 @@ from services.common.config import Provider
 from services.ingress.errors import InvalidRequest
 from services.ingress.routes import Route
 from services.ingress.usage import CallOutcome
+
+if TYPE_CHECKING:
+    from services.ingress.cache_replay import CacheCapture
 
 
 @dataclass(slots=True)
@@ -81,6 +84,10 @@ class Call:
     response_chunks: list[bytes] = field(default_factory=list)
     response_bytes: int = 0
     custom_cost_usd_micros: int = -1
+    # Response bytes kept for the cache while this call leads a miss.
+    cache_capture: CacheCapture | None = None
+    # Usage of the original call that a cache hit answered.
+    saved_usage: policy_pb2.Usage | None = None
 
     @classmethod
     def begin(cls, route: Route, provider: Provider, method: str) -> Call:
@@ -154,6 +161,11 @@ def build_event(
         client_cancelled=call.client_cancelled,
         ingress_id=ingress_id,
     )
+    if call.saved_usage is not None:
+        event.saved_input_tokens = call.saved_usage.input_tokens
+        event.saved_output_tokens = call.saved_usage.output_tokens
+        event.saved_cache_read_tokens = call.saved_usage.cache_read_tokens
+        event.saved_cache_write_tokens = call.saved_usage.cache_write_tokens
     if decision is not None:
         event.metadata.update(decision.metadata)
     if collect_payload:

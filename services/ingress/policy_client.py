@@ -37,5 +37,12 @@ class PolicyClient:
         response = await self.stub.StoreCacheEntry(request, timeout=self.timeout_s * 4)
         return response.stored
 
+    async def wait_cache_entry(
+        self, request: policy_pb2.WaitCacheEntryRequest
+    ) -> policy_pb2.CacheDecision:
+        timeout_s = request.wait_ms / 1000 + self.timeout_s
+        response = await self.stub.WaitCacheEntry(request, timeout=timeout_s)
+        return response.cache
+
     async def close(self) -> None:
         await self.channel.close()

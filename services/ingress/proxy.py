@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 from gateway.analytics.v1 import analytics_pb2
 from gateway.policy.v1 import policy_pb2
 from services.common.logs import request_id_var
-from services.ingress import policy_outcomes, settle
+from services.ingress import cache_replay, policy_outcomes, settle
 from services.ingress.calls import Call, build_event, read_request_facts
 from services.ingress.errors import (
     GatewayError,
@@ -112,11 +112,18 @@ async def _serve(
         return _answer_error(call, wire_format, exc)
 
     call.cache_status = int(call.decision.cache.status)
+    cached = await cache_replay.cached_answer(state, call)
+    if cached is not None:
+        return await cache_replay.serve_hit(request, call, cached)
+
+    cache_replay.start_capture(call)
     call.forwarded_ns = time.monotonic_ns()
     try:
         return await _forward(request, state, call)
     except GatewayError as exc:
         return _answer_error(call, wire_format, exc)
+    finally:
+        cache_replay.finish(state, call)
 
 
 def _answer_error(call: Call, wire_format: str, exc: GatewayError) -> web.Response:
@@ -298,6 +305,8 @@ async def _relay(
             call.upstream_request_id = upstream.headers[name]
             break
     is_stream = upstream.content_type == "text/event-stream"
+    if call.cache_capture is not None:
+        call.cache_capture.begin(upstream.headers)
     observer = StreamObserver(call.provider.format) if is_stream else None
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     response.headers.update(_response_headers(upstream, call))
@@ -317,6 +326,8 @@ async def _relay(
             if observer is not None:
                 observer.feed(chunk, now)
             call.keep_response_chunk(chunk, limit)
+            if call.cache_capture is not None:
+                call.cache_capture.feed(chunk)
             await response.write(chunk)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
         # The client went away: stop reading, which cancels the upstream call

@@ -30,6 +30,8 @@ class IngressState:
     fallback_limiter: LocalLimiter | None = None
     # Settle calls still running, kept so that they are not collected.
     settle_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # StoreCacheEntry calls in flight, referenced until they finish.
+    cache_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 IngressState.KEY = web.AppKey("ingress_state", IngressState)

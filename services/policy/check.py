@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from gateway.policy.v1 import policy_pb2
 from services.common.config import GatewayConfig
 from services.policy import identity
+from services.policy.cache import BYPASS, ResponseCache
 from services.policy.errors import UnknownGatewayError
 from services.policy.store import RedisStore
 
@@ -25,6 +26,8 @@ class PolicyContext:
     identity_secret: bytes
     # Rate limits, budgets and the loop guard; None to apply none.
     limits: LimitEngine | None = None
+    # None leaves every call uncached (BYPASS).
+    cache: ResponseCache | None = None
 
 
 async def check(
@@ -47,6 +50,9 @@ async def check(
     admission = None
     if ctx.limits is not None:
         admission = await ctx.limits.admit(request, caller)
+    cache = BYPASS
+    if ctx.cache is not None:
+        cache = await ctx.cache.decide(request, caller)
 
     collect_log = request.headers.get("cf-aig-collect-log", "").lower() != "false"
     collect_payload = (
@@ -54,7 +60,7 @@ async def check(
     )
     response = policy_pb2.CheckResponse(
         identity=caller,
-        cache=policy_pb2.CacheDecision(status=policy_pb2.CACHE_STATUS_BYPASS),
+        cache=cache,
         collect_log=collect_log,
         collect_payload=collect_payload,
         metadata=metadata,

@@ -15,6 +15,8 @@ from services.common.limit_config import load_gateway_limits
 from services.common.logs import request_id_var
 from services.common.pricing import load_price_table
 from services.policy.admin import PolicyAdminServicer
+from services.policy.cache import ResponseCache
+from services.policy.cache_rules import load_gateway_cache_configs
 from services.policy.check import PolicyContext, check
 from services.policy.errors import LimitExceededError, PolicyError, status_code_for
 from services.policy.limit_decisions import LimitEngine, rich_status
@@ -64,7 +66,31 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         request: policy_pb2.StoreCacheEntryRequest,
         context: grpc.aio.ServicerContext,
     ) -> policy_pb2.StoreCacheEntryResponse:
-        return policy_pb2.StoreCacheEntryResponse(stored=False)
+        request_id_var.set(request.request_id or "-")
+        if self.ctx.cache is None:
+            return policy_pb2.StoreCacheEntryResponse(stored=False)
+        try:
+            stored = await self.ctx.cache.store(request)
+        except PolicyError as exc:
+            await context.abort(status_code_for(exc), str(exc))
+            raise  # unreachable: abort raises
+        return policy_pb2.StoreCacheEntryResponse(stored=stored)
+
+    async def WaitCacheEntry(
+        self,
+        request: policy_pb2.WaitCacheEntryRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> policy_pb2.WaitCacheEntryResponse:
+        request_id_var.set(request.request_id or "-")
+        if self.ctx.cache is None:
+            miss = policy_pb2.CacheDecision(status=policy_pb2.CACHE_STATUS_MISS)
+            return policy_pb2.WaitCacheEntryResponse(cache=miss)
+        try:
+            decision = await self.ctx.cache.wait(request)
+        except PolicyError as exc:
+            await context.abort(status_code_for(exc), str(exc))
+            raise  # unreachable: abort raises
+        return policy_pb2.WaitCacheEntryResponse(cache=decision)
 
 
 async def load_identity_secret(store: RedisStore, configured: str) -> bytes:
@@ -101,6 +127,8 @@ class PolicyServer:
             ]
         )
         self.port = 0
+        # Validated here, so that a bad cache table stops the service at once.
+        self.cache_configs = load_gateway_cache_configs(config)
 
     async def start(self) -> int:
         await self.store.ping()
@@ -113,7 +141,10 @@ class PolicyServer:
             load_price_table(),
             lease_ms=self.settings.concurrency_lease_s * 1000,
         )
-        ctx = PolicyContext(self.config, self.store, identity_secret, limit_engine)
+        cache = ResponseCache(self.store, self.cache_configs)
+        ctx = PolicyContext(
+            self.config, self.store, identity_secret, limit_engine, cache
+        )
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(
             PolicyServicer(ctx), self.server
         )

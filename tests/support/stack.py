@@ -133,6 +133,15 @@ authenticated = false
 authenticated = false
 fail_mode = "closed"
 
+[accounts.acme.gateways.cached]
+authenticated = false
+
+[accounts.acme.gateways.cached.cache]
+enabled = true
+ttl_s = 300
+max_entry_bytes = 1048576
+lock_wait_ms = 5000
+
 [ingress]
 default_account = "acme"
 default_gateway = "open"

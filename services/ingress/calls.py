@@ -12,6 +12,7 @@ import orjson
 from gateway.analytics.v1 import analytics_pb2
 from gateway.policy.v1 import policy_pb2
 from services.common.config import Provider
+from services.common.redaction import redact_bytes, redact_text
 from services.ingress.errors import InvalidRequest
 from services.ingress.routes import Route
 from services.ingress.usage import CallOutcome
@@ -81,6 +82,9 @@ class Call:
     response_chunks: list[bytes] = field(default_factory=list)
     response_bytes: int = 0
     custom_cost_usd_micros: int = -1
+    # Key values this call presented or was given (gateway key, provider key,
+    # injected stored key), removed from everything the event stores.
+    secrets: tuple[str, ...] = ()
 
     @classmethod
     def begin(cls, route: Route, provider: Provider, method: str) -> Call:
@@ -137,7 +141,9 @@ def build_event(
         stream=call.facts.stream,
         status=call.status,
         error_type=call.error_type or outcome.error_type,
-        error_message=call.error_message or outcome.error_message,
+        error_message=redact_text(
+            call.error_message or outcome.error_message, call.secrets
+        ),
         latency_us=(end_ns - call.start_ns) // 1000,
         ttft_us=(first_token_ns - call.start_ns) // 1000 if first_token_ns else 0,
         gateway_overhead_us=(
@@ -155,8 +161,12 @@ def build_event(
         ingress_id=ingress_id,
     )
     if decision is not None:
-        event.metadata.update(decision.metadata)
+        for name, value in decision.metadata.items():
+            event.metadata[name] = redact_text(value, call.secrets)
     if collect_payload:
-        event.request_body = call.request_body[:max_payload_bytes]
-        event.response_body = b"".join(call.response_chunks)
+        # Redaction can only shorten the text, so the payload limit still holds.
+        event.request_body = redact_bytes(
+            call.request_body[:max_payload_bytes], call.secrets
+        )
+        event.response_body = redact_bytes(b"".join(call.response_chunks), call.secrets)
     return event

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from gateway.policy.v1 import policy_pb2
 from services.common.config import GatewayConfig
-from services.policy import identity
+from services.policy import authn, identity
 from services.policy.errors import UnknownGatewayError
+from services.policy.provider_keys import ProviderKeyCipher
 from services.policy.store import RedisStore
 
 
@@ -19,6 +20,8 @@ class PolicyContext:
     store: RedisStore
     # Key of the HMAC that turns provider keys into user ids.
     identity_secret: bytes
+    # Decrypts stored provider keys; None without TOLLGATE_KEY_ENCRYPTION_KEY.
+    provider_key_cipher: ProviderKeyCipher | None = None
 
 
 async def check(
@@ -32,8 +35,13 @@ async def check(
         )
 
     metadata = identity.parse_metadata(request.headers.get("cf-aig-metadata", ""))
-    caller = identity.resolve_anonymous(
-        request.presented_key, metadata, ctx.identity_secret
+    caller = await authn.resolve_caller(
+        ctx.store,
+        ctx.provider_key_cipher,
+        ctx.identity_secret,
+        gateway,
+        request,
+        metadata,
     )
 
     collect_log = request.headers.get("cf-aig-collect-log", "").lower() != "false"
@@ -41,7 +49,8 @@ async def check(
         request.headers.get("cf-aig-collect-log-payload", "").lower() != "false"
     )
     return policy_pb2.CheckResponse(
-        identity=caller,
+        identity=caller.identity,
+        inject_provider_key=caller.inject_provider_key,
         cache=policy_pb2.CacheDecision(status=policy_pb2.CACHE_STATUS_BYPASS),
         collect_log=collect_log,
         collect_payload=collect_payload,

@@ -11,6 +11,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from gateway.policy.v1 import policy_pb2, policy_pb2_grpc
 from services.common.config import GatewayConfig
 from services.common.logs import request_id_var
+from services.policy import provider_keys
+from services.policy.admin import AdminTokenInterceptor, PolicyAdminServicer
 from services.policy.check import PolicyContext, check
 from services.policy.errors import PolicyError, status_code_for
 from services.policy.settings import PolicySettings
@@ -77,11 +79,17 @@ class PolicyServer:
             timeout_ms=settings.redis_timeout_ms,
         )
         self.health = health.aio.HealthServicer()
+        interceptors = (
+            [AdminTokenInterceptor(settings.admin_token)]
+            if settings.admin_token
+            else []
+        )
         self.server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", 64 << 20),
-            ]
+            ],
         )
         self.port = 0
 
@@ -90,10 +98,20 @@ class PolicyServer:
         identity_secret = await load_identity_secret(
             self.store, self.settings.identity_secret
         )
-        ctx = PolicyContext(self.config, self.store, identity_secret)
+        cipher = provider_keys.cipher_from_env(self.settings.key_encryption_key)
+        await provider_keys.check_cipher_at_start(self.store, cipher)
+        ctx = PolicyContext(self.config, self.store, identity_secret, cipher)
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(
             PolicyServicer(ctx), self.server
         )
+        policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server(
+            PolicyAdminServicer(ctx), self.server
+        )
+        if not self.settings.admin_token:
+            logger.warning(
+                "TOLLGATE_ADMIN_TOKEN is not set: admin RPCs are open to anyone "
+                "who can reach this port"
+            )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = self.server.add_insecure_port(address)

@@ -17,6 +17,9 @@ from services.ingress.errors import InvalidRequest
 from services.ingress.routes import Route
 from services.ingress.usage import CallOutcome
 
+# Bytes past the payload limit scanned for secrets before a body is cut.
+REDACTION_OVERLAP = 512
+
 
 @dataclass(slots=True)
 class RequestFacts:
@@ -164,9 +167,15 @@ def build_event(
         for name, value in decision.metadata.items():
             event.metadata[name] = redact_text(value, call.secrets)
     if collect_payload:
-        # Redaction can only shorten the text, so the payload limit still holds.
-        event.request_body = redact_bytes(
-            call.request_body[:max_payload_bytes], call.secrets
-        )
-        event.response_body = redact_bytes(b"".join(call.response_chunks), call.secrets)
+        # Redact a little past the limit before cutting, so that a secret
+        # that straddles the limit is still found whole.
+        request_body = call.request_body[: max_payload_bytes + REDACTION_OVERLAP]
+        event.request_body = redact_bytes(request_body, call.secrets)[
+            :max_payload_bytes
+        ]
+        # NOTE: the response copy is already cut at the limit while streaming, so
+        # a secret cut there is only caught by its pattern, not as a known value.
+        event.response_body = redact_bytes(
+            b"".join(call.response_chunks), call.secrets
+        )[:max_payload_bytes]
     return event

@@ -93,7 +93,10 @@ def upstream_url(base_url: str, path: str, query_string: str) -> str:
     url = base_url + path
     if query_string:
         url += "?" + query_string
-    base, joined = URL(base_url), URL(url)
+    try:
+        base, joined = URL(base_url), URL(url)
+    except ValueError as exc:
+        raise InvalidRequest("invalid path: it does not form a valid URL") from exc
     prefix = base.raw_path.rstrip("/")
     same_origin = (joined.scheme, joined.host, joined.port) == (
         base.scheme,

@@ -102,7 +102,11 @@ def record_to_json(record: policy_pb2.KeyRecord, digest: str) -> bytes:
     )
 
 
-def record_from_json(raw: bytes) -> tuple[policy_pb2.KeyRecord, str]:
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def record_from_json(raw: bytes | str) -> tuple[policy_pb2.KeyRecord, str]:
     """Parse a stored record; returns it with the stored SHA-256 of its secret."""
     value = orjson.loads(raw)
     digest = str(value.pop("sha256", ""))
@@ -173,7 +177,7 @@ async def _load_by_id(
     try:
         digest = await store.client.get(_id_key(store, key_id))
         raw = (
-            await store.client.get(_secret_key(store, digest.decode()))
+            await store.client.get(_secret_key(store, _text(digest)))
             if digest
             else None
         )
@@ -220,7 +224,7 @@ async def list_keys(
 ) -> list[policy_pb2.KeyRecord]:
     try:
         key_ids = sorted(
-            m.decode() for m in await store.client.smembers(_index_key(store))
+            _text(m) for m in await store.client.smembers(_index_key(store))
         )
     except (RedisError, OSError) as exc:
         raise StoreUnavailableError(f"Redis failed listing keys: {exc}") from exc

@@ -111,6 +111,7 @@ def scope_label(scope: policy_pb2.Scope, provider: str) -> str:
 
 
 def _entry_key(store: RedisStore, scope: policy_pb2.Scope, provider: str) -> str:
+    parts: tuple[str, ...]
     if scope.user_id:
         parts = ("user", scope.user_id)
     elif scope.team_id:
@@ -227,7 +228,7 @@ async def list_provider_keys(
         raise InvalidRequestError("account_id and gateway_id are required")
     try:
         members = await store.client.smembers(_index_key(store, account_id, gateway_id))
-        entry_keys = sorted(m.decode() for m in members)
+        entry_keys = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
         entries = await store.client.mget(entry_keys) if entry_keys else []
     except (RedisError, OSError) as exc:
         raise StoreUnavailableError(f"Redis failed listing keys: {exc}") from exc
@@ -243,7 +244,7 @@ async def list_provider_keys(
     return records
 
 
-def _decrypt_entry(cipher: ProviderKeyCipher, raw: bytes, scope: str) -> str:
+def _decrypt_entry(cipher: ProviderKeyCipher, raw: bytes | str, scope: str) -> str:
     value = orjson.loads(raw)
     if value.get("kek_id") != cipher.key_id:
         raise KeyEncryptionError(

@@ -437,6 +437,54 @@ def test_cli_without_admin_token_fails(stack: RunningStack) -> None:
     assert "UNAUTHENTICATED" in result.stderr
 
 
+def test_secrets_scrubbed_from_stored_event(stack: RunningStack) -> None:
+    byok = f"mykey-{uuid.uuid4().hex}"
+    pattern_key = f"sk-ant-api03-{uuid.uuid4().hex}"
+    gateway_shaped = f"tg_{uuid.uuid4().hex}"
+    SECRETS.extend([byok, pattern_key, gateway_shaped])
+    client = _anthropic(
+        stack.anthropic_base_url(gateway="open"),
+        byok,
+        default_headers={"cf-aig-metadata": f'{{"note": "{pattern_key}"}}'},
+    )
+    prompt = (
+        f"my key is {byok}, my other key is {pattern_key}, "
+        f"and the gateway one is {gateway_shaped}"
+    )
+    raw = client.messages.with_raw_response.create(
+        model=MODEL_A, max_tokens=16, messages=[{"role": "user", "content": prompt}]
+    )
+    raw.parse()
+
+    row = _row(stack, raw.headers["tollgate-request-id"])
+    stored = row["request_body"] + row["response_body"] + str(row["metadata"])
+    for secret in (byok, pattern_key, gateway_shaped):
+        assert secret not in stored
+    assert "[REDACTED]" in row["request_body"]
+    assert row["metadata"]["note"] == "[REDACTED]"
+
+
+def test_secrets_scrubbed_from_error_message(stack: RunningStack) -> None:
+    secret = f"sk-ant-api03-{uuid.uuid4().hex}"
+    SECRETS.append(secret)
+    client = _anthropic(
+        stack.anthropic_base_url(gateway="open"),
+        "sk-ant-test",
+        default_headers={"cf-aig-request-timeout": secret},
+    )
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(model=MODEL_A, max_tokens=8, messages=_message("e"))
+
+    assert secret not in str(caught.value.body)
+    assert "cf-aig-request-timeout" in str(caught.value.body)
+    request_id = caught.value.response.headers["tollgate-request-id"]
+    row = _row(stack, request_id)
+    assert row["status"] == 400
+    assert "cf-aig-request-timeout" in row["error_message"]
+    assert secret not in row["error_message"]
+    assert secret not in row["response_body"]
+
+
 def test_logs_hold_no_secret(stack: RunningStack) -> None:
     """Every secret used above is absent from every log the stack wrote.
 

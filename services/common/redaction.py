@@ -1,9 +1,9 @@
 """The one redaction list: secret headers and key patterns, scrubbed everywhere.
 
-Everything that leaves a service as text a person or a database can read goes
-through this module first: call events (request and response bodies, error
-messages, metadata), log lines, error messages sent to clients and, through
-the stored events, the dashboard.
+Text that leaves a service for a person or a database goes through this
+module first. That covers call events (request and response bodies, error
+messages, metadata), log lines and error messages sent to clients. The
+dashboard shows only stored events, so it receives redacted text too.
 
 What is removed:
 
@@ -43,7 +43,7 @@ _HEADER_ALTERNATION = "|".join(
 )
 _TOKEN = r"[A-Za-z0-9._~+/=-]"
 _TEXT_PATTERN = re.compile(
-    # A JSON pair such as "x-api-key": "value"; the value may hold escapes.
+    # A JSON pair such as "x-api-key": "value", whose value may contain escapes.
     rf'(?P<jname>"(?:{_HEADER_ALTERNATION})"\s*:\s*)"(?:[^"\\]|\\.)*"'
     # A header or setting such as "authorization: Bearer x" or "x-api-key=x":
     # everything to the end of the line, a quote or a comma. A placeholder

@@ -1,7 +1,7 @@
 """PolicyAdminService: the operators' RPCs, behind an optional admin token.
 
 Each RPC is a thin method that calls one plain function and maps its
-PolicyError to a gRPC status. RPCs not implemented here answer UNIMPLEMENTED
+PolicyError to a gRPC status. RPCs not implemented here return UNIMPLEMENTED
 from the generated base class.
 
 When ``TOLLGATE_ADMIN_TOKEN`` is set, :class:`AdminTokenInterceptor` rejects

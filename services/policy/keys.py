@@ -2,8 +2,8 @@
 
 A gateway key is ``tg_`` plus 43 URL-safe characters (32 random bytes). Only
 its SHA-256 is stored. A plain hash is enough because the secret carries 256
-random bits: nobody can search that space, so a slow password hash would add
-cost without adding safety.
+random bits. Searching that space is infeasible, so a slow password hash would
+add cost without adding safety.
 
 Redis layout (global keys, which belong to no gateway's hash slot):
 

@@ -309,6 +309,6 @@ async def check_cipher_at_start(
         raise StoreUnavailableError(f"Redis is unavailable: {exc}") from exc
     if count:
         raise KeyEncryptionError(
-            f"Redis holds stored provider keys for {count} gateway(s) but "
+            f"Redis contains stored provider keys for {count} gateway(s) but "
             f"{KEK_ENV} is not set; set it to the key they were stored with"
         )

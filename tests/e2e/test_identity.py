@@ -2,7 +2,7 @@
 
 The gateway acme/secure requires a gateway key; acme/open does not. Each test
 creates its own keys through the admin RPCs, and every secret it uses is
-collected so that the last test can check that no log of the stack holds one.
+collected so that the last test can check that no log of the stack contains one.
 """
 
 from __future__ import annotations
@@ -366,6 +366,25 @@ def test_rotated_key_replaces_old(stack: RunningStack, admin: Any) -> None:
                 client.messages.create(
                     model=MODEL_A, max_tokens=8, messages=_message("o")
                 )
+
+
+def test_authenticate_key_rpc(stack: RunningStack, admin: Any) -> None:
+    key_id, secret = _create_key(admin, "ivan", project_id="p9")
+    found = admin.AuthenticateKey(
+        policy_pb2.AuthenticateKeyRequest(secret=secret),
+        metadata=ADMIN_METADATA,
+        timeout=5,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        admin.AuthenticateKey(
+            policy_pb2.AuthenticateKeyRequest(secret=secret + "x"),
+            metadata=ADMIN_METADATA,
+            timeout=5,
+        )
+
+    assert found.key.key_id == key_id
+    assert found.key.project_id == "p9"
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def _cli(

@@ -1,6 +1,6 @@
 """Random headers, paths and bodies against a running ingress (hypothesis).
 
-Whatever arrives, the ingress answers with a forwarded response or its own
+Whatever arrives, the ingress returns a forwarded response or its own
 error in a provider's JSON format, never with a 500, and never with one of
 the secrets sent along with the request.
 """

@@ -1,7 +1,7 @@
 """Input limits at the ingress: body and header size, path escapes, redirects.
 
 The module starts its own stack, with one extra OpenAI-compatible provider
-whose upstream is a loopback HTTP server that answers every request with a
+whose upstream is a loopback HTTP server that responds to every request with a
 302 to the simulator.
 """
 
@@ -136,7 +136,7 @@ def test_oversized_header_rejected_cleanly(limits_stack: RunningStack) -> None:
         {"x-padding": "a" * (80 << 10)},
     )
 
-    # aiohttp 3.14 answers 400 in plain text (not 431), before the handler.
+    # aiohttp 3.14 returns 400 in plain text (not 431), before the handler.
     assert status == 400
     assert headers["content-type"].startswith("text/plain")
     assert b"Traceback" not in body

@@ -12,6 +12,9 @@ import logging
 import os
 import sys
 import time
+import traceback
+
+from services.common.redaction import redact_text
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar(
     "request_id", default="-"
@@ -23,6 +26,26 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
+        return True
+
+
+class RedactionFilter(logging.Filter):
+    """Scrub secrets from the message and the traceback of each record.
+
+    The message is formatted here, redacted and stored back without its
+    arguments, so a handler never formats the secret again.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message or record.args:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            record.exc_text = redact_text(text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
         return True
 
 
@@ -38,7 +61,9 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
             "message": record.getMessage(),
         }
-        if record.exc_info:
+        if record.exc_text:
+            entry["exc_info"] = record.exc_text
+        elif record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
@@ -51,6 +76,7 @@ def configure_logging(service: str) -> None:
     level = os.environ.get("TOLLGATE_LOG_LEVEL", "INFO").upper()
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(RedactionFilter())
     if os.environ.get("TOLLGATE_LOG_FORMAT", "text") == "json":
         handler.setFormatter(JsonFormatter())
     else:

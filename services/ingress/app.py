@@ -21,7 +21,8 @@ from services.ingress.state import IngressState
 
 logger = logging.getLogger(__name__)
 
-# Request line plus headers; larger requests get 431 from aiohttp.
+# Largest header line, in bytes. aiohttp 3.14 answers a larger one, or more
+# than 128 headers, with 400 Bad Request in plain text, not 431.
 MAX_HEADER_BYTES = 64 * 1024
 
 

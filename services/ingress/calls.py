@@ -12,12 +12,15 @@ import orjson
 from gateway.analytics.v1 import analytics_pb2
 from gateway.policy.v1 import policy_pb2
 from services.common.config import Provider
+from services.common.redaction import redact_bytes, redact_text
 from services.ingress.errors import InvalidRequest
 from services.ingress.routes import Route
 from services.ingress.usage import CallOutcome
 
 if TYPE_CHECKING:
     from services.ingress.cache_replay import CacheCapture
+# Bytes past the payload limit scanned for secrets before a body is cut.
+REDACTION_OVERLAP = 512
 
 
 @dataclass(slots=True)
@@ -88,6 +91,9 @@ class Call:
     cache_capture: CacheCapture | None = None
     # Usage of the original call that a cache hit answered.
     saved_usage: policy_pb2.Usage | None = None
+    # Key values this call presented or was given (gateway key, provider key,
+    # injected stored key), removed from everything the event stores.
+    secrets: tuple[str, ...] = ()
 
     @classmethod
     def begin(cls, route: Route, provider: Provider, method: str) -> Call:
@@ -144,7 +150,9 @@ def build_event(
         stream=call.facts.stream,
         status=call.status,
         error_type=call.error_type or outcome.error_type,
-        error_message=call.error_message or outcome.error_message,
+        error_message=redact_text(
+            call.error_message or outcome.error_message, call.secrets
+        ),
         latency_us=(end_ns - call.start_ns) // 1000,
         ttft_us=(first_token_ns - call.start_ns) // 1000 if first_token_ns else 0,
         gateway_overhead_us=(
@@ -167,8 +175,18 @@ def build_event(
         event.saved_cache_read_tokens = call.saved_usage.cache_read_tokens
         event.saved_cache_write_tokens = call.saved_usage.cache_write_tokens
     if decision is not None:
-        event.metadata.update(decision.metadata)
+        for name, value in decision.metadata.items():
+            event.metadata[name] = redact_text(value, call.secrets)
     if collect_payload:
-        event.request_body = call.request_body[:max_payload_bytes]
-        event.response_body = b"".join(call.response_chunks)
+        # Redact a little past the limit before cutting, so that a secret
+        # that straddles the limit is still found whole.
+        request_body = call.request_body[: max_payload_bytes + REDACTION_OVERLAP]
+        event.request_body = redact_bytes(request_body, call.secrets)[
+            :max_payload_bytes
+        ]
+        # NOTE: the response copy is already cut at the limit while streaming, so
+        # a secret cut there is only caught by its pattern, not as a known value.
+        event.response_body = redact_bytes(
+            b"".join(call.response_chunks), call.secrets
+        )[:max_payload_bytes]
     return event

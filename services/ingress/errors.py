@@ -12,6 +12,8 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 
+from services.common.redaction import redact_text
+
 
 class GatewayError(Exception):
     """An error answered by the gateway itself rather than by the provider."""
@@ -90,17 +92,18 @@ class UpstreamTimeout(GatewayError):
 
 
 def error_body(wire_format: str, error: GatewayError) -> bytes:
+    message = redact_text(error.message)
     if wire_format == "anthropic":
         return orjson.dumps(
             {
                 "type": "error",
-                "error": {"type": error.anthropic_type, "message": error.message},
+                "error": {"type": error.anthropic_type, "message": message},
             }
         )
     return orjson.dumps(
         {
             "error": {
-                "message": error.message,
+                "message": message,
                 "type": error.openai_type,
                 "param": None,
                 "code": error.openai_code,

@@ -37,7 +37,7 @@ from services.ingress.errors import (
     error_response,
     error_type_of,
 )
-from services.ingress.routes import parse_route
+from services.ingress.routes import parse_route, upstream_url
 from services.ingress.state import IngressState
 from services.ingress.usage import StreamObserver, parse_json_response
 
@@ -183,6 +183,8 @@ def _gateway_key(request: web.Request) -> str:
 async def _check(
     request: web.Request, state: IngressState, call: Call
 ) -> policy_pb2.CheckResponse:
+    gateway_key, presented_key = _gateway_key(request), _presented_key(request)
+    call.secrets = (gateway_key, presented_key)
     check_request = policy_pb2.CheckRequest(
         request_id=call.request_id,
         account_id=call.route.account_id,
@@ -195,18 +197,21 @@ async def _check(
         body_sha256=hashlib.sha256(call.request_body).digest(),
         body=call.request_body,
         headers=_policy_headers(request),
-        gateway_key=_gateway_key(request),
-        presented_key=_presented_key(request),
+        gateway_key=gateway_key,
+        presented_key=presented_key,
         max_tokens=call.facts.max_tokens,
         body_bytes=len(call.request_body),
     )
     try:
-        return await state.policy.check(check_request)
+        decision = await state.policy.check(check_request)
     except grpc.aio.AioRpcError as exc:
         gateway = state.config.gateway(call.route.account_id, call.route.gateway_id)
         return policy_outcomes.handle_policy_error(
             exc, gateway, call, state.fallback_limiter, check_request
         )
+    if decision.inject_provider_key:
+        call.secrets += (decision.inject_provider_key,)
+    return decision
 
 
 def _upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:
@@ -257,9 +262,7 @@ def _request_timeout(
 async def _forward(
     request: web.Request, state: IngressState, call: Call
 ) -> web.StreamResponse:
-    url = call.provider.base_url + call.route.path
-    if request.query_string:
-        url += "?" + request.query_string
+    url = upstream_url(call.provider.base_url, call.route.path, request.query_string)
     try:
         upstream = await state.session.request(
             request.method,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from yarl import URL
+
 from services.common.config import GatewayConfig
 from services.ingress.errors import InvalidRequest, NotFound
 
@@ -62,6 +64,11 @@ def parse_route(raw_path: str, config: GatewayConfig) -> Route:
 
 
 def check_path_segments(segments: list[str]) -> None:
+    """Raise InvalidRequest for a path that could leave the provider's prefix.
+
+    Empty segments are rejected too, which stops ``//host`` and absolute URLs
+    such as ``http://host/...`` placed in the path.
+    """
     for segment in segments:
         lowered = segment.lower()
         if segment in ("", ".", "..") and segments != [""]:
@@ -73,3 +80,30 @@ def check_path_segments(segments: list[str]) -> None:
                 "invalid path: encoded '/', '\\', '.', '?', '#' and NUL "
                 "characters are not allowed"
             )
+
+
+def upstream_url(base_url: str, path: str, query_string: str) -> str:
+    """Join the configured base URL and the request path, and check the result.
+
+    The host, port and scheme always come from the configuration. The check
+    is a second line behind :func:`check_path_segments`: it raises
+    InvalidRequest if the joined URL names another host or leaves the base
+    URL's path prefix.
+    """
+    url = base_url + path
+    if query_string:
+        url += "?" + query_string
+    try:
+        base, joined = URL(base_url), URL(url)
+    except ValueError as exc:
+        raise InvalidRequest("invalid path: it does not form a valid URL") from exc
+    prefix = base.raw_path.rstrip("/")
+    same_origin = (joined.scheme, joined.host, joined.port) == (
+        base.scheme,
+        base.host,
+        base.port,
+    )
+    inside = joined.raw_path == prefix or joined.raw_path.startswith(prefix + "/")
+    if not same_origin or not inside or joined.user or joined.fragment:
+        raise InvalidRequest("invalid path: it must stay under the provider's URL")
+    return url

@@ -6,13 +6,11 @@ UNIMPLEMENTED from the generated base class.
 
 from __future__ import annotations
 
-import grpc
-
-from gateway.policy.v1 import policy_pb2, policy_pb2_grpc
+from gateway.policy.v1 import policy_pb2
 from services.common.config import GatewayConfig
 from services.policy.cache import ResponseCache
 from services.policy.cache_rules import effective_rule, rule_message
-from services.policy.errors import PolicyError, UnknownGatewayError, status_code_for
+from services.policy.errors import UnknownGatewayError
 
 
 def _require_gateway(config: GatewayConfig, account_id: str, gateway_id: str) -> None:

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 
 from gateway.policy.v1 import policy_pb2
 from services.common.config import GatewayConfig
-from services.policy import identity
+from services.policy import authn, identity
 from services.policy.cache import BYPASS, ResponseCache
 from services.policy.errors import UnknownGatewayError
+from services.policy.provider_keys import ProviderKeyCipher
 from services.policy.store import RedisStore
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ class PolicyContext:
     limits: LimitEngine | None = None
     # None leaves every call uncached (BYPASS).
     cache: ResponseCache | None = None
+    # Decrypts stored provider keys; None without TOLLGATE_KEY_ENCRYPTION_KEY.
+    provider_key_cipher: ProviderKeyCipher | None = None
 
 
 async def check(
@@ -41,25 +44,31 @@ async def check(
         )
 
     metadata = identity.parse_metadata(request.headers.get("cf-aig-metadata", ""))
-    caller = identity.resolve_anonymous(
-        request.presented_key, metadata, ctx.identity_secret
+    caller = await authn.resolve_caller(
+        ctx.store,
+        ctx.provider_key_cipher,
+        ctx.identity_secret,
+        gateway,
+        request,
+        metadata,
     )
 
     # Limits and the loop guard run before the cache lookup, so that a loop
     # served from cache is still stopped.
     admission = None
     if ctx.limits is not None:
-        admission = await ctx.limits.admit(request, caller)
+        admission = await ctx.limits.admit(request, caller.identity)
     cache = BYPASS
     if ctx.cache is not None:
-        cache = await ctx.cache.decide(request, caller)
+        cache = await ctx.cache.decide(request, caller.identity)
 
     collect_log = request.headers.get("cf-aig-collect-log", "").lower() != "false"
     collect_payload = (
         request.headers.get("cf-aig-collect-log-payload", "").lower() != "false"
     )
     response = policy_pb2.CheckResponse(
-        identity=caller,
+        identity=caller.identity,
+        inject_provider_key=caller.inject_provider_key,
         cache=cache,
         collect_log=collect_log,
         collect_payload=collect_payload,

@@ -3,7 +3,11 @@
 PolicyError
 ├── UnknownGatewayError       NOT_FOUND
 ├── AuthenticationError       UNAUTHENTICATED
+├── AdminTokenError           UNAUTHENTICATED (admin RPC without the admin token)
 ├── InvalidRequestError       INVALID_ARGUMENT
+├── KeyNotFoundError          NOT_FOUND (admin RPC on an unknown key)
+├── KeyEncryptionError        FAILED_PRECONDITION (stored keys without a usable
+│                             key-encryption key)
 ├── StoreUnavailableError     UNAVAILABLE (Redis failed or timed out)
 └── LimitExceededError        RESOURCE_EXHAUSTED (a limit or the loop guard)
 """
@@ -25,7 +29,19 @@ class AuthenticationError(PolicyError):
     pass
 
 
+class AdminTokenError(PolicyError):
+    pass
+
+
 class InvalidRequestError(PolicyError):
+    pass
+
+
+class KeyNotFoundError(PolicyError):
+    pass
+
+
+class KeyEncryptionError(PolicyError):
     pass
 
 
@@ -36,7 +52,10 @@ class StoreUnavailableError(PolicyError):
 STATUS_CODES: dict[type[PolicyError], grpc.StatusCode] = {
     UnknownGatewayError: grpc.StatusCode.NOT_FOUND,
     AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
+    AdminTokenError: grpc.StatusCode.UNAUTHENTICATED,
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
+    KeyNotFoundError: grpc.StatusCode.NOT_FOUND,
+    KeyEncryptionError: grpc.StatusCode.FAILED_PRECONDITION,
     StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
 

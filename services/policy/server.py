@@ -14,7 +14,8 @@ from services.common.config import GatewayConfig
 from services.common.limit_config import load_gateway_limits
 from services.common.logs import request_id_var
 from services.common.pricing import load_price_table
-from services.policy.admin import PolicyAdminServicer
+from services.policy import provider_keys
+from services.policy.admin import AdminTokenInterceptor, PolicyAdminServicer
 from services.policy.cache import ResponseCache
 from services.policy.cache_rules import load_gateway_cache_configs
 from services.policy.check import PolicyContext, check
@@ -120,11 +121,17 @@ class PolicyServer:
             cluster=settings.redis_cluster,
         )
         self.health = health.aio.HealthServicer()
+        interceptors = (
+            [AdminTokenInterceptor(settings.admin_token)]
+            if settings.admin_token
+            else []
+        )
         self.server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", 64 << 20),
-            ]
+            ],
         )
         self.port = 0
         # Validated here, so that a bad cache table stops the service at once.
@@ -142,8 +149,15 @@ class PolicyServer:
             lease_ms=self.settings.concurrency_lease_s * 1000,
         )
         cache = ResponseCache(self.store, self.cache_configs)
+        cipher = provider_keys.cipher_from_env(self.settings.key_encryption_key)
+        await provider_keys.check_cipher_at_start(self.store, cipher)
         ctx = PolicyContext(
-            self.config, self.store, identity_secret, limit_engine, cache
+            self.config,
+            self.store,
+            identity_secret,
+            limits=limit_engine,
+            cache=cache,
+            provider_key_cipher=cipher,
         )
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(
             PolicyServicer(ctx), self.server
@@ -151,6 +165,11 @@ class PolicyServer:
         policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server(
             PolicyAdminServicer(ctx), self.server
         )
+        if not self.settings.admin_token:
+            logger.warning(
+                "TOLLGATE_ADMIN_TOKEN is not set: admin RPCs are open to anyone "
+                "who can reach this port"
+            )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = self.server.add_insecure_port(address)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from services.common.config import ConfigError
 from services.common.env import env_bool, env_float, env_int
+from services.policy.errors import KeyEncryptionError
+from services.policy.provider_keys import KEK_ENV, cipher_from_env
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,12 @@ class PolicySettings:
     # Key of the HMAC that derives user ids from provider keys; empty to let
     # the first replica generate one and share it through Redis.
     identity_secret: str = ""
+    # Key-encryption key of stored provider keys (32 bytes, base64); empty
+    # when no provider keys are stored.
+    key_encryption_key: str = ""
+    # Token that PolicyAdminService calls must send as gRPC metadata
+    # "authorization: Bearer <token>"; empty leaves the admin RPCs open.
+    admin_token: str = ""
     ready_file: str = ""
     # Lease of a concurrency slot, in seconds: a call that never settles (its
     # ingress crashed) frees its slot after this long.
@@ -52,6 +60,12 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
             f"REDIS_URL: expected a redis://, rediss:// or unix:// URL, "
             f"got {redis_url!r}"
         )
+    key_encryption_key = environ.get(KEK_ENV, "")
+    if key_encryption_key:
+        try:
+            cipher_from_env(key_encryption_key)
+        except KeyEncryptionError as exc:
+            problems.append(f"{KEK_ENV}: {exc}")
     if problems:
         raise ConfigError(problems)
     return PolicySettings(
@@ -63,6 +77,8 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
         redis_timeout_ms=timeout_ms,
         shutdown_grace_s=grace_s,
         identity_secret=environ.get("TOLLGATE_IDENTITY_SECRET", ""),
+        key_encryption_key=key_encryption_key,
+        admin_token=environ.get("TOLLGATE_ADMIN_TOKEN", ""),
         ready_file=environ.get("TOLLGATE_READY_FILE", ""),
         concurrency_lease_s=lease_s,
     )

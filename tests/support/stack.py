@@ -22,6 +22,10 @@ import orjson
 from services.stack.launcher import Service, Stack, StackOptions
 
 ROW_WAIT_S = 15.0
+# Settings the stack's services get, so that tests can call the admin RPCs
+# and store provider keys. Fixed values, made for tests only.
+ADMIN_TOKEN = "test-admin-token-0b7c5d"
+KEY_ENCRYPTION_KEY = "dGVzdC1rZXktZW5jcnlwdGlvbi1rZXktMzItYnl0ZXM="
 
 
 def start_simulator(data_dir: Path, *extra: str) -> Service:
@@ -62,6 +66,10 @@ class RunningStack:
     @property
     def ingress_url(self) -> str:
         return self.stack.ingress_url
+
+    @property
+    def policy_address(self) -> str:
+        return self.stack.policy_address
 
     @property
     def simulator_url(self) -> str:
@@ -142,6 +150,10 @@ ttl_s = 300
 max_entry_bytes = 1048576
 lock_wait_ms = 5000
 
+# Every call needs a gateway key; tests store provider keys for it.
+[accounts.acme.gateways.secure]
+authenticated = true
+
 [ingress]
 default_account = "acme"
 default_gateway = "open"
@@ -172,6 +184,8 @@ def start_stack(
             "TOLLGATE_REDIS_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
             "TOLLGATE_LOG_LEVEL": "INFO",
             "TOLLGATE_ANALYTICS_FLUSH_INTERVAL_MS": "50",
+            "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+            "TOLLGATE_KEY_ENCRYPTION_KEY": KEY_ENCRYPTION_KEY,
         },
     )
     stack = Stack(options)

@@ -63,7 +63,10 @@ def build_dashboard_app(
 
     async def backend(app: web.Application) -> AsyncIterator[None]:
         client = Backend(
-            analytics_address, policy_address, timeout_ms=settings.query_timeout_ms
+            analytics_address,
+            policy_address,
+            timeout_ms=settings.query_timeout_ms,
+            admin_token=settings.admin_token,
         )
         app[DashboardState.KEY] = DashboardState(settings, config, client)
         yield

@@ -39,7 +39,12 @@ class Backend:
     """Long-lived channels to the analytics and policy services."""
 
     def __init__(
-        self, analytics_address: str, policy_address: str, *, timeout_ms: int
+        self,
+        analytics_address: str,
+        policy_address: str,
+        *,
+        timeout_ms: int,
+        admin_token: str = "",
     ) -> None:
         self._analytics_channel = grpc.aio.insecure_channel(
             analytics_address, options=_CHANNEL_OPTIONS
@@ -52,6 +57,10 @@ class Backend:
         )
         self.admin = policy_pb2_grpc.PolicyAdminServiceStub(self._policy_channel)
         self.timeout_s = timeout_ms / 1000
+        # PolicyAdminService requires the admin token when one is configured.
+        self._admin_metadata = (
+            (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
+        )
 
     async def close(self) -> None:
         await self._analytics_channel.close()
@@ -94,6 +103,7 @@ class Backend:
                 self.admin.AuthenticateKey(
                     policy_pb2.AuthenticateKeyRequest(secret=secret),
                     timeout=self.timeout_s,
+                    metadata=self._admin_metadata,
                 ),
             )
         except (NotFoundError, BadRequestError) as exc:
@@ -108,14 +118,19 @@ class Backend:
     ) -> policy_pb2.GetLimitStatusResponse:
         return await _call(
             "GetLimitStatus",
-            self.admin.GetLimitStatus(request, timeout=self.timeout_s),
+            self.admin.GetLimitStatus(
+                request, timeout=self.timeout_s, metadata=self._admin_metadata
+            ),
         )
 
     async def cache_rules(
         self, request: policy_pb2.GetCacheRulesRequest
     ) -> policy_pb2.GetCacheRulesResponse:
         return await _call(
-            "GetCacheRules", self.admin.GetCacheRules(request, timeout=self.timeout_s)
+            "GetCacheRules",
+            self.admin.GetCacheRules(
+                request, timeout=self.timeout_s, metadata=self._admin_metadata
+            ),
         )
 
 

@@ -16,7 +16,7 @@ from tests.dashboard.support import (
     send_calls,
     user_cookie,
 )
-from tests.support.stack import RunningStack
+from tests.support.stack import ADMIN_TOKEN, RunningStack
 
 
 @dataclass
@@ -212,27 +212,20 @@ def test_invalid_range_is_400(stack: RunningStack, users: Users) -> None:
         assert reply.body["error"]["code"] == "invalid_request"
 
 
-def _create_key(stack: RunningStack, user_id: str) -> str | None:
-    """Create a gateway key through PolicyAdminService, or None if unimplemented."""
+def _create_key(stack: RunningStack, user_id: str) -> str:
+    """Create a gateway key through PolicyAdminService and return its secret."""
     with grpc.insecure_channel(stack.stack.policy_address) as channel:
         stub = policy_pb2_grpc.PolicyAdminServiceStub(channel)
-        try:
-            response = stub.CreateKey(
-                policy_pb2.CreateKeyRequest(user_id=user_id), timeout=5
-            )
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                return None
-            raise
+        response = stub.CreateKey(
+            policy_pb2.CreateKeyRequest(user_id=user_id),
+            timeout=5,
+            metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
+        )
     return response.secret
 
 
 def test_gateway_key_sign_in(stack: RunningStack, users: Users) -> None:
     secret = _create_key(stack, users.alice)
-    if secret is None:
-        # NOTE: gateway keys come with the identity feature; until the policy
-        # service implements CreateKey and AuthenticateKey this test cannot run.
-        pytest.skip("PolicyAdminService.CreateKey is not implemented yet")
     reply = http(
         stack, "POST", "/dashboard/api/v1/session", body={"gateway_key": secret}
     )

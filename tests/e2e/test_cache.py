@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from gateway.policy.v1 import policy_pb2, policy_pb2_grpc
-from tests.support.stack import RunningStack
+from tests.support.stack import RunningStack, async_admin_channel
 
 MODEL_A = "claude-sonnet-4-5"
 MODEL_O = "gpt-4o-mini"
@@ -64,7 +64,7 @@ def _close_clients() -> Iterator[None]:
 
 @pytest.fixture
 async def admin(stack: RunningStack) -> AsyncIterator[Any]:
-    channel = grpc.aio.insecure_channel(stack.stack.policy_address)
+    channel = async_admin_channel(stack.stack.policy_address)
     yield policy_pb2_grpc.PolicyAdminServiceStub(channel)
     await channel.close()
 

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.policy.v1 import policy_pb2, policy_pb2_grpc
 from services.common.pricing import cost_usd_micros, load_price_table
-from tests.support.stack import RunningStack, start_stack, stop_stack
+from tests.support.stack import RunningStack, admin_channel, start_stack, stop_stack
 
 MODEL_A = "claude-sonnet-4-5"
 MODEL_O = "gpt-4o-mini"
@@ -122,7 +122,7 @@ def _openai(base_url: str, user: str) -> openai.OpenAI:
 
 
 def _admin(stack: RunningStack) -> tuple[grpc.Channel, Any]:
-    channel = grpc.insecure_channel(stack.stack.policy_address)
+    channel = admin_channel(stack.stack.policy_address)
     return channel, policy_pb2_grpc.PolicyAdminServiceStub(channel)
 
 

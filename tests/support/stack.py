@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
+import grpc
 import orjson
 
 from services.stack.launcher import Service, Stack, StackOptions
@@ -200,3 +201,31 @@ def start_stack(
 def stop_stack(running: RunningStack) -> None:
     running.stack.stop()
     running.simulator.stop()
+
+
+def _with_admin_token(metadata: Any) -> list[tuple[str, str]]:
+    items = list(metadata or ())
+    items.append(("authorization", f"Bearer {ADMIN_TOKEN}"))
+    return items
+
+
+class _SyncAdminToken(grpc.UnaryUnaryClientInterceptor):
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        details = details._replace(metadata=_with_admin_token(details.metadata))
+        return continuation(details, request)
+
+
+class _AsyncAdminToken(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        details = details._replace(metadata=_with_admin_token(details.metadata))
+        return await continuation(details, request)
+
+
+def admin_channel(address: str) -> grpc.Channel:
+    """Open a channel whose calls carry the test stack's admin token."""
+    return grpc.intercept_channel(grpc.insecure_channel(address), _SyncAdminToken())
+
+
+def async_admin_channel(address: str) -> grpc.aio.Channel:
+    """Open an asyncio channel whose calls carry the test stack's admin token."""
+    return grpc.aio.insecure_channel(address, interceptors=[_AsyncAdminToken()])

@@ -11,6 +11,7 @@ from aiohttp import web
 from services.common.config import GatewayConfig
 from services.ingress import proxy
 from services.ingress.events import EventSender
+from services.ingress.metrics import METRICS_KEY, IngressMetrics, handle_metrics
 from services.ingress.policy_client import PolicyClient
 from services.ingress.settings import IngressSettings
 from services.ingress.state import IngressState
@@ -50,14 +51,20 @@ def build_app(settings: IngressSettings, config: GatewayConfig) -> web.Applicati
             flush_interval_ms=settings.event_flush_interval_ms,
         )
         await events.start()
+        metrics.backlog.set_function(events.backlog)
+        metrics.dropped.set_function(lambda: events.dropped)
         app[IngressState.KEY] = IngressState(settings, config, session, policy, events)
         yield
         await events.stop(settings.shutdown_grace_s)
         await policy.close()
         await session.close()
 
+    metrics = IngressMetrics()
+    metrics.bind_providers(list(config.providers))
+    app[METRICS_KEY] = metrics
     app.cleanup_ctx.append(clients)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", handle_metrics)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
 

@@ -12,6 +12,7 @@ import orjson
 from gateway.analytics.v1 import analytics_pb2
 from gateway.policy.v1 import policy_pb2
 from services.common.config import Provider
+from services.ingress.custom_cost import CustomCost
 from services.ingress.errors import InvalidRequest
 from services.ingress.routes import Route
 from services.ingress.usage import CallOutcome
@@ -81,6 +82,8 @@ class Call:
     response_chunks: list[bytes] = field(default_factory=list)
     response_bytes: int = 0
     custom_cost_usd_micros: int = -1
+    # Prices from the cf-aig-custom-cost header (see custom_cost.py).
+    custom_cost: CustomCost | None = None
 
     @classmethod
     def begin(cls, route: Route, provider: Provider, method: str) -> Call:

@@ -11,8 +11,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from gateway.policy.v1 import policy_pb2, policy_pb2_grpc
 from services.common.config import GatewayConfig
 from services.common.logs import request_id_var
+from services.common.metrics_http import MetricsServer, start_metrics_server
 from services.policy.check import PolicyContext, check
 from services.policy.errors import PolicyError, status_code_for
+from services.policy.metrics import MetricsInterceptor, PolicyMetrics
 from services.policy.settings import PolicySettings
 from services.policy.store import RedisStore
 
@@ -77,7 +79,10 @@ class PolicyServer:
             timeout_ms=settings.redis_timeout_ms,
         )
         self.health = health.aio.HealthServicer()
+        self.metrics = PolicyMetrics()
+        self.metrics_server: MetricsServer | None = None
         self.server = grpc.aio.server(
+            interceptors=[MetricsInterceptor(self.metrics)],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", 64 << 20),
@@ -98,6 +103,10 @@ class PolicyServer:
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = self.server.add_insecure_port(address)
         await self.server.start()
+        if self.settings.metrics_port:
+            self.metrics_server = start_metrics_server(
+                self.metrics.registry, self.settings.host, self.settings.metrics_port
+            )
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         logger.info("policy service listening on %s:%d", self.settings.host, self.port)
@@ -108,4 +117,6 @@ class PolicyServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(self.settings.shutdown_grace_s)
         await self.store.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         logger.info("policy service stopped")

@@ -27,6 +27,8 @@ class PolicySettings:
     # the first replica generate one and share it through Redis.
     identity_secret: str = ""
     ready_file: str = ""
+    # Port of the /metrics HTTP endpoint: 0 disables it, -1 binds a free port.
+    metrics_port: int = 0
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
@@ -35,6 +37,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
     port = env_int(environ, "TOLLGATE_POLICY_PORT", 50051, problems)
     timeout_ms = env_int(
         environ, "TOLLGATE_POLICY_REDIS_TIMEOUT_MS", 200, problems, minimum=1
+    )
+    metrics_port = env_int(
+        environ, "TOLLGATE_POLICY_METRICS_PORT", 0, problems, minimum=-1
     )
     grace_s = env_float(environ, "TOLLGATE_SHUTDOWN_GRACE_S", 5.0, problems)
     redis_url = environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -54,4 +59,5 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
         shutdown_grace_s=grace_s,
         identity_secret=environ.get("TOLLGATE_IDENTITY_SECRET", ""),
         ready_file=environ.get("TOLLGATE_READY_FILE", ""),
+        metrics_port=metrics_port,
     )

@@ -3,7 +3,7 @@
 Labels are bounded: the provider name (from the configuration), the HTTP
 status, the cache result and the limit decision. Never a user, key or model.
 Label children are cached per (provider, status), so the hot path does one
-dict lookup and a few lock-free-ish observations per request.
+dict lookup and a few observations per request.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ class PolicyServer:
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", 64 << 20),
-            ]
+            ],
         )
         self.port = 0
 

@@ -13,10 +13,13 @@ from grpc_health.v1 import health
 
 from services.analytics.errors import StorageUnavailableError
 from services.analytics.ingest import IngestBuffer
+from services.analytics.metrics import analytics_metrics, start_analytics_metrics
 from services.analytics.schema import apply_migrations, apply_retention
 from services.analytics.server import build_server, set_serving
 from services.analytics.settings import Settings
 from services.analytics.sink import ClickHouseSink
+from services.common.metrics_http import MetricsServer
+from services.common.pricing import load_price_table
 from services.common.ready import write_ready_file
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ class RunningService:
     health: health.aio.HealthServicer
     flusher: asyncio.Task[None]
     port: int
+    metrics_server: MetricsServer | None = None
 
     async def shutdown(self) -> None:
         """Stop serving, flush the buffer within the grace period, close all."""
@@ -46,6 +50,8 @@ class RunningService:
         await self._wait_for_flush(grace_s)
         await stopping
         await self.sink.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         logger.info("stopped")
 
     async def _wait_for_flush(self, grace_s: float) -> None:
@@ -97,6 +103,7 @@ async def start_service(
     if sink is None:
         return None
     try:
+        prices = load_price_table(settings.prices_file)
         applied = await apply_migrations(sink)
         await apply_retention(
             sink, settings.payload_retention_days, settings.call_retention_days
@@ -111,16 +118,19 @@ async def start_service(
         flush_interval_s=settings.flush_interval_ms / 1000,
         buffer_max_events=settings.buffer_max_events,
         retry_max_s=settings.retry_max_ms / 1000,
+        prices=prices,
     )
+    analytics_metrics().buffer_events.set_function(lambda: buffer.held_events)
     flusher = asyncio.create_task(buffer.run(), name="analytics-flusher")
-    server, health_servicer = build_server(sink, buffer)
+    server, health_servicer = build_server(sink, buffer, settings.raw_query_max_hours)
     port = server.add_insecure_port(_listen_address(settings.host, settings.port))
     await server.start()
     await set_serving(health_servicer, True)
+    metrics_server = start_analytics_metrics(settings.host, settings.metrics_port)
     write_ready_file(settings.ready_file, port)
     logger.info("analytics service listening on %s port %d", settings.host, port)
     return RunningService(
-        settings, sink, buffer, server, health_servicer, flusher, port
+        settings, sink, buffer, server, health_servicer, flusher, port, metrics_server
     )
 
 

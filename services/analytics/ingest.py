@@ -7,6 +7,15 @@ oldest buffered event has waited ``flush_interval_s``. A stream is sent
 earlier requests on the stream was accepted by ClickHouse. A failed insert is
 retried with the same batch and deduplication token until it succeeds or the
 service stops, so no buffered event is dropped while the service runs.
+
+Before a batch is inserted, events whose event_id is already stored are
+dropped (a replay after an ingress crash or a lost ack). Together with the
+deduplication token of a retried insert this keeps every event to one insert,
+which the per-minute rollup needs: its materialized view counts every inserted
+block, unlike the ReplacingMergeTree raw table that merges duplicates away.
+NOTE: two analytics replicas that receive the same replayed event at the same
+moment can both insert it; the raw table stays exact (FINAL), the rollup
+would count it twice.
 """
 
 from __future__ import annotations
@@ -15,10 +24,12 @@ import asyncio
 import itertools
 import logging
 import random
+import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from gateway.analytics.v1 import analytics_pb2
 from services.analytics.errors import (
@@ -26,12 +37,15 @@ from services.analytics.errors import (
     StorageError,
     StorageUnavailableError,
 )
+from services.analytics.metrics import analytics_metrics
 from services.analytics.rows import deduplication_token, event_problems, event_to_row
 from services.analytics.sink import ClickHouseSink
+from services.common.pricing import PriceTable, load_price_table
 
 logger = logging.getLogger(__name__)
 
 _RETRY_INITIAL_S = 0.1
+_T = TypeVar("_T")
 _stream_ids = itertools.count(1)
 
 
@@ -80,8 +94,11 @@ class IngestBuffer:
         flush_interval_s: float,
         buffer_max_events: int,
         retry_max_s: float,
+        prices: PriceTable | None = None,
     ) -> None:
         self._sink = sink
+        self._prices = prices if prices is not None else load_price_table()
+        self._metrics = analytics_metrics()
         self._batch_max_events = batch_max_events
         self._flush_interval_s = flush_interval_s
         self._buffer_max_events = buffer_max_events
@@ -195,27 +212,57 @@ class IngestBuffer:
 
     async def _write_batch(self, batch: list[_Chunk]) -> None:
         events = [event for chunk in batch for event in chunk.events]
-        inserted_at = datetime.now(UTC)
-        rows = [event_to_row(event, inserted_at) for event in events]
-        token = deduplication_token(event.event_id for event in events)
-        await self._insert_with_retry(rows, token)
+        fresh = await self._retrying(
+            lambda: self._unstored(events), f"lookup of {len(events)} event ids"
+        )
+        if fresh:
+            inserted_at = datetime.now(UTC)
+            rows = [event_to_row(event, inserted_at, self._prices) for event in fresh]
+            token = deduplication_token(event.event_id for event in fresh)
+            await self._retrying(
+                lambda: self._insert(rows, token), f"insert of {len(rows)} events"
+            )
+        replayed = len(events) - len(fresh)
+        if replayed:
+            self._metrics.replayed_events.inc(replayed)
+            logger.info("dropped %d events that were already stored", replayed)
         for chunk in batch:
             chunk.request.remaining -= len(chunk.events)
             chunk.stream.advance()
         await self._release(len(events))
 
-    async def _insert_with_retry(
-        self, rows: list[tuple[object, ...]], token: str
-    ) -> None:
+    async def _unstored(
+        self, events: list[analytics_pb2.CallEvent]
+    ) -> list[analytics_pb2.CallEvent]:
+        """The events of a batch not stored yet, each event id once."""
+        unique: dict[str, analytics_pb2.CallEvent] = {}
+        for event in events:
+            unique.setdefault(event.event_id, event)
+        stored = await self._sink.stored_event_ids(
+            list(unique),
+            min(event.start_us for event in unique.values()),
+            max(event.start_us for event in unique.values()),
+        )
+        return [event for event_id, event in unique.items() if event_id not in stored]
+
+    async def _insert(self, rows: list[tuple[object, ...]], token: str) -> None:
+        started = time.perf_counter()
+        await self._sink.insert_calls(rows, token)
+        self._metrics.insert_seconds.observe(time.perf_counter() - started)
+        self._metrics.batch_events.observe(len(rows))
+        self._metrics.inserted_events.inc(len(rows))
+
+    async def _retrying(self, action: Callable[[], Awaitable[_T]], what: str) -> _T:
         delay = _RETRY_INITIAL_S
         for attempt in itertools.count(1):
             try:
-                await self._sink.insert_calls(rows, token)
+                result = await action()
             except (StorageUnavailableError, StorageError) as exc:
+                self._metrics.insert_failures.inc()
                 wait_s = random.uniform(delay / 2, delay)
                 logger.warning(
-                    "insert of %d events failed (attempt %d), retrying in %.2f s: %s",
-                    len(rows),
+                    "%s failed (attempt %d), retrying in %.2f s: %s",
+                    what,
                     attempt,
                     wait_s,
                     exc,
@@ -224,10 +271,9 @@ class IngestBuffer:
                 delay = min(delay * 2, self._retry_max_s)
                 continue
             if attempt > 1:
-                logger.info(
-                    "insert of %d events succeeded on attempt %d", len(rows), attempt
-                )
-            return
+                logger.info("%s succeeded on attempt %d", what, attempt)
+            return result
+        raise AssertionError("unreachable")
 
     async def _release(self, count: int) -> None:
         async with self._space:

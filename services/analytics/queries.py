@@ -1,7 +1,15 @@
 """The query RPCs: SQL builders (pure) and the functions that run them.
 
-Every query reads ``calls FINAL``, so a call that was stored twice before a
-merge counts once and the results are exact. User input reaches ClickHouse
+Raw queries read ``calls FINAL``, so a call that was stored twice before a
+merge counts once and the results are exact, percentiles included
+(quantilesExact). Usage queries over ranges longer than the raw-read limit
+(``TOLLGATE_ANALYTICS_RAW_QUERY_MAX_HOURS``, 24 by default) read the
+per-minute rollup ``calls_by_minute`` instead: counts, tokens, costs and
+errors stay exact, percentiles come from merged t-digest states and are
+approximate (the tests allow 15 % on small samples). A query that
+filters or groups by a column the rollup lacks (status, error type, metadata,
+payload text) always reads the raw table. The rollup covers whole minutes: a
+minute belongs to the range when it starts inside it. User input reaches ClickHouse
 only as query parameters (``{name:Type}`` placeholders), never inside the SQL.
 """
 
@@ -9,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,8 +64,36 @@ USAGE_AGGREGATES = f"""
     countIf(cost_usd_micros IS NULL) AS unknown_cost_calls,
     quantilesExact(0.5, 0.95, 0.99)(latency_us) AS latency,
     quantilesExactIf(0.5, 0.95, 0.99)(ttft_us, first_byte_time IS NOT NULL) AS ttft,
-    countIf(cache_status = 'hit') AS cache_hits
+    countIf(cache_status = 'hit') AS cache_hits,
+    sum(saved_cost_usd_micros) AS sum_saved_cost_usd_micros
 """
+
+# The same aggregates over the per-minute rollup, in the same order.
+ROLLUP_AGGREGATES = """
+    sum(calls) AS sum_calls,
+    sum(errors) AS sum_errors,
+    sumMapMerge(errors_by_type) AS merged_errors_by_type,
+    sum(input_tokens) AS sum_input_tokens,
+    sum(output_tokens) AS sum_output_tokens,
+    sum(cache_read_tokens) AS sum_cache_read_tokens,
+    sum(cache_write_tokens) AS sum_cache_write_tokens,
+    sum(cost_usd_micros) AS sum_cost_usd_micros,
+    sum(unknown_cost_calls) AS sum_unknown_cost_calls,
+    quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_us) AS latency,
+    quantilesTDigestMerge(0.5, 0.95, 0.99)(ttft_us) AS ttft,
+    sum(cache_hits) AS sum_cache_hits,
+    sum(saved_cost_usd_micros) AS sum_saved_cost_usd_micros
+"""
+ROLLUP_FILTER_FIELDS = ("account_id", "gateway_id", "user_id", "model", "provider")
+ROLLUP_GROUPS = frozenset(
+    {
+        analytics_pb2.GROUP_BY_UNSPECIFIED,
+        analytics_pb2.GROUP_BY_USER,
+        analytics_pb2.GROUP_BY_MODEL,
+        analytics_pb2.GROUP_BY_GATEWAY,
+        analytics_pb2.GROUP_BY_PROVIDER,
+    }
+)
 
 
 @dataclass(slots=True)
@@ -151,19 +188,91 @@ def group_expression(group_by: int, metadata_key: str) -> str | None:
     return expression
 
 
-def usage_query(where: SqlQuery, group: str | None, metadata_key: str) -> SqlQuery:
+def usage_query(
+    where: SqlQuery, group: str | None, metadata_key: str, rollup: bool = False
+) -> SqlQuery:
     """Build the usage aggregate, per group when ``group`` is set."""
     parameters = dict(where.parameters)
+    aggregates, table, calls = _source_sql(rollup)
     if group is None:
-        sql = f"SELECT '' AS grp, {USAGE_AGGREGATES} FROM calls FINAL WHERE {where.sql}"
+        sql = f"SELECT '' AS grp, {aggregates} FROM {table} WHERE {where.sql}"
         return SqlQuery(sql, parameters)
     if "group_metadata_key" in group:
         parameters["group_metadata_key"] = metadata_key
     sql = (
-        f"SELECT {group} AS grp, {USAGE_AGGREGATES} FROM calls FINAL "
-        f"WHERE {where.sql} GROUP BY grp ORDER BY calls DESC, grp"
+        f"SELECT {group} AS grp, {aggregates} FROM {table} "
+        f"WHERE {where.sql} GROUP BY grp ORDER BY {calls} DESC, grp"
     )
     return SqlQuery(sql, parameters)
+
+
+def _source_sql(rollup: bool) -> tuple[str, str, str]:
+    """Aggregates, table and calls column of the raw table or the rollup."""
+    if rollup:
+        return ROLLUP_AGGREGATES, "calls_by_minute", "sum_calls"
+    return USAGE_AGGREGATES, "calls FINAL", "calls"
+
+
+def rollup_where_clause(
+    time_range: analytics_pb2.TimeRange, call_filter: analytics_pb2.CallFilter
+) -> SqlQuery:
+    """Build the WHERE conditions over the rollup, whose rows are whole minutes."""
+    check_time_range(time_range)
+    conditions = [
+        "minute >= toStartOfMinute(fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC')"
+        " + toIntervalSecond(59))",
+        "minute < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')",
+    ]
+    parameters: dict[str, Any] = {
+        "start_ms": time_range.start_ms,
+        "end_ms": time_range.end_ms,
+    }
+    for name in ROLLUP_FILTER_FIELDS:
+        value = getattr(call_filter, name)
+        if value:
+            conditions.append(f"{name} = {{{name}:String}}")
+            parameters[name] = value
+    return SqlQuery(" AND ".join(conditions), parameters)
+
+
+def rollup_can_answer(call_filter: analytics_pb2.CallFilter, group_by: int) -> bool:
+    """True when the filter and grouping use only columns the rollup has."""
+    if group_by not in ROLLUP_GROUPS:
+        return False
+    return not (
+        call_filter.status
+        or call_filter.error_type
+        or call_filter.metadata_key
+        or call_filter.metadata_value
+        or call_filter.text
+    )
+
+
+def choose_source(
+    requested: int,
+    time_range: analytics_pb2.TimeRange,
+    call_filter: analytics_pb2.CallFilter,
+    group_by: int,
+    raw_max_ms: int,
+) -> int:
+    """Pick RAW or ROLLUP for a usage query (see the module docstring)."""
+    if requested == analytics_pb2.USAGE_SOURCE_RAW:
+        return requested
+    if not rollup_can_answer(call_filter, group_by):
+        if requested == analytics_pb2.USAGE_SOURCE_ROLLUP:
+            raise InvalidRequestError(
+                "source USAGE_SOURCE_ROLLUP cannot filter by status, error_type, "
+                "metadata or text, nor group by metadata"
+            )
+        return analytics_pb2.USAGE_SOURCE_RAW
+    if requested == analytics_pb2.USAGE_SOURCE_ROLLUP:
+        return requested
+    if requested != analytics_pb2.USAGE_SOURCE_AUTO:
+        raise InvalidRequestError(f"unknown source value {requested}")
+    span_ms = time_range.end_ms - time_range.start_ms
+    if span_ms <= raw_max_ms:
+        return analytics_pb2.USAGE_SOURCE_RAW
+    return analytics_pb2.USAGE_SOURCE_ROLLUP
 
 
 def time_series_query(
@@ -172,21 +281,25 @@ def time_series_query(
     bucket_s: int,
     group: str | None,
     metadata_key: str,
+    rollup: bool = False,
 ) -> SqlQuery:
     """Build the usage aggregate per time bucket (and group when set)."""
     check_bucket(time_range, bucket_s)
     parameters = dict(where.parameters)
     parameters["bucket_ms"] = bucket_s * 1000
-    bucket = (
-        "intDiv(toUnixTimestamp64Milli(start_time), {bucket_ms:Int64}) "
-        "* {bucket_ms:Int64}"
+    aggregates, table, _ = _source_sql(rollup)
+    time_ms = (
+        "toInt64(toUnixTimestamp(minute)) * 1000"
+        if rollup
+        else "toUnixTimestamp64Milli(start_time)"
     )
+    bucket = f"intDiv({time_ms}, {{bucket_ms:Int64}}) * {{bucket_ms:Int64}}"
     group_sql = group if group is not None else "''"
     if group is not None and "group_metadata_key" in group:
         parameters["group_metadata_key"] = metadata_key
     sql = (
-        f"SELECT {group_sql} AS grp, {USAGE_AGGREGATES}, {bucket} AS bucket_start_ms "
-        f"FROM calls FINAL WHERE {where.sql} "
+        f"SELECT {group_sql} AS grp, {aggregates}, {bucket} AS bucket_start_ms "
+        f"FROM {table} WHERE {where.sql} "
         "GROUP BY bucket_start_ms, grp ORDER BY bucket_start_ms, grp"
     )
     return SqlQuery(sql, parameters)
@@ -284,31 +397,57 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 # ------------------------------------------------------------------ running
 
 
+def _usage_where(
+    request: analytics_pb2.UsageSummaryRequest | analytics_pb2.UsageTimeSeriesRequest,
+    raw_max_ms: int,
+) -> tuple[int, SqlQuery]:
+    source = choose_source(
+        request.source, request.range, request.filter, request.group_by, raw_max_ms
+    )
+    if source == analytics_pb2.USAGE_SOURCE_ROLLUP:
+        return source, rollup_where_clause(request.range, request.filter)
+    return source, where_clause(request.range, request.filter)
+
+
 async def usage_summary(
-    sink: ClickHouseSink, request: analytics_pb2.UsageSummaryRequest
+    sink: ClickHouseSink,
+    request: analytics_pb2.UsageSummaryRequest,
+    raw_max_ms: int = 24 * 3_600_000,
 ) -> analytics_pb2.UsageSummaryResponse:
-    where = where_clause(request.range, request.filter)
     group = group_expression(request.group_by, request.group_metadata_key)
-    total_rows = await _run(sink, usage_query(where, None, ""))
-    response = analytics_pb2.UsageSummaryResponse(total=usage_row(total_rows[0]))
+    source, where = _usage_where(request, raw_max_ms)
+    rollup = source == analytics_pb2.USAGE_SOURCE_ROLLUP
+    total_rows = await _run(sink, usage_query(where, None, "", rollup))
+    response = analytics_pb2.UsageSummaryResponse(
+        total=usage_row(total_rows[0]), source=source
+    )
     if group is None:
         return response
-    group_rows = await _run(sink, usage_query(where, group, request.group_metadata_key))
+    group_rows = await _run(
+        sink, usage_query(where, group, request.group_metadata_key, rollup)
+    )
     response.groups.extend(usage_row(row) for row in group_rows)
     return response
 
 
 async def usage_time_series(
-    sink: ClickHouseSink, request: analytics_pb2.UsageTimeSeriesRequest
+    sink: ClickHouseSink,
+    request: analytics_pb2.UsageTimeSeriesRequest,
+    raw_max_ms: int = 24 * 3_600_000,
 ) -> analytics_pb2.UsageTimeSeriesResponse:
-    where = where_clause(request.range, request.filter)
     group = group_expression(request.group_by, request.group_metadata_key)
+    source, where = _usage_where(request, raw_max_ms)
     query = time_series_query(
-        where, request.range, request.bucket_s, group, request.group_metadata_key
+        where,
+        request.range,
+        request.bucket_s,
+        group,
+        request.group_metadata_key,
+        source == analytics_pb2.USAGE_SOURCE_ROLLUP,
     )
     rows = await _run(sink, query)
     return analytics_pb2.UsageTimeSeriesResponse(
-        points=[usage_row(row) for row in rows]
+        points=[usage_row(row) for row in rows], source=source
     )
 
 
@@ -376,15 +515,17 @@ def usage_row(row: Sequence[Any]) -> analytics_pb2.UsageRow:
         latency=_quantiles(row[10]),
         ttft=_quantiles(row[11]),
         cache_hits=int(row[12]),
-        # NOTE: saved_cost_usd_micros stays 0 until the price lookup in
-        # rows.known_cost_us_micros exists, because a cache hit has no
-        # upstream cost of its own to sum.
+        saved_cost_usd_micros=int(row[13]),
     )
-    if len(row) > 13:
-        usage.bucket_start_ms = int(row[13])
+    if usage.calls:
+        usage.error_rate = usage.errors / usage.calls
+        usage.cache_hit_rate = usage.cache_hits / usage.calls
+    if len(row) > 14:
+        usage.bucket_start_ms = int(row[14])
     return usage
 
 
 def _quantiles(values: Sequence[Any]) -> analytics_pb2.Quantiles:
-    p50, p95, p99 = (int(value) for value in values)
+    # t-digest states give floats, and NaN when they hold no value.
+    p50, p95, p99 = (0 if math.isnan(v) else round(v) for v in map(float, values))
     return analytics_pb2.Quantiles(p50_us=p50, p95_us=p95, p99_us=p99)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.analytics.v1 import analytics_pb2
+from services.common.pricing import PriceTable, cost_usd_micros
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # toDateTime(start_time) in the TTL clauses is a 32-bit unsigned Unix time, so
@@ -16,8 +17,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIMESTAMP_US = (2**32 - 1) * 1_000_000
 MAX_STATUS = 65535
 
-# Column names and ClickHouse types in insert order; they match migrations 1
-# and 2 (the saved_* columns).
+# Column names and ClickHouse types in insert order; they match the migrations.
 CALL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("event_id", "UUID"),
     ("request_id", "String"),
@@ -59,6 +59,7 @@ CALL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("saved_output_tokens", "UInt64"),
     ("saved_cache_read_tokens", "UInt64"),
     ("saved_cache_write_tokens", "UInt64"),
+    ("saved_cost_usd_micros", "Int64"),
 )
 CALL_COLUMN_NAMES = tuple(name for name, _ in CALL_COLUMNS)
 CALL_COLUMN_TYPES = tuple(type_name for _, type_name in CALL_COLUMNS)
@@ -119,17 +120,52 @@ def timestamp_from_us(value_us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value_us)
 
 
-def known_cost_us_micros(event: analytics_pb2.CallEvent) -> int | None:
-    """Return the cost of the call in micro-USD, or None when it is unknown."""
+def known_cost_us_micros(
+    event: analytics_pb2.CallEvent, prices: PriceTable
+) -> int | None:
+    """Return the cost of the call in micro-USD, or None when it is unknown.
+
+    A ``cf-aig-custom-cost`` value (custom_cost_usd_micros >= 0) wins over the
+    price table. A model without a listed price has an unknown cost, never 0.
+    The token counts are whatever usage the ingress saw, so streamed calls,
+    calls cut off by the client and calls that ended in an error event are
+    charged for exactly the usage they reported.
+    """
     if event.custom_cost_usd_micros >= 0:
         return event.custom_cost_usd_micros
-    # TODO: look up the price of event.provider and event.model and compute
-    # the cost from the token counts; until then, only custom costs are known.
-    return None
+    price = prices.lookup(event.provider, event.model)
+    if price is None:
+        return None
+    return cost_usd_micros(
+        price,
+        event.input_tokens,
+        event.output_tokens,
+        event.cache_read_tokens,
+        event.cache_write_tokens,
+    )
+
+
+def saved_cost_us_micros(event: analytics_pb2.CallEvent, prices: PriceTable) -> int:
+    """Return the list price of the tokens a cache hit did not spend upstream.
+
+    0 for calls that were not cache hits and for models without a price.
+    """
+    if event.cache_status != analytics_pb2.CACHE_STATUS_HIT:
+        return 0
+    price = prices.lookup(event.provider, event.model)
+    if price is None:
+        return 0
+    return cost_usd_micros(
+        price,
+        event.saved_input_tokens,
+        event.saved_output_tokens,
+        event.saved_cache_read_tokens,
+        event.saved_cache_write_tokens,
+    )
 
 
 def event_to_row(
-    event: analytics_pb2.CallEvent, inserted_at: datetime
+    event: analytics_pb2.CallEvent, inserted_at: datetime, prices: PriceTable
 ) -> tuple[Any, ...]:
     """Map a validated event to a row in CALL_COLUMNS order."""
     custom_cost = event.custom_cost_usd_micros
@@ -165,7 +201,7 @@ def event_to_row(
         CACHE_STATUS_NAMES[event.cache_status],
         dict(event.metadata),
         custom_cost if custom_cost >= 0 else None,
-        known_cost_us_micros(event),
+        known_cost_us_micros(event, prices),
         event.upstream_request_id,
         event.client_cancelled,
         event.request_body,
@@ -175,6 +211,7 @@ def event_to_row(
         event.saved_output_tokens,
         event.saved_cache_read_tokens,
         event.saved_cache_write_tokens,
+        saved_cost_us_micros(event, prices),
     )
 
 

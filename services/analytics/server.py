@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -13,6 +15,7 @@ from gateway.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from services.analytics import queries
 from services.analytics.errors import AnalyticsError, status_code_for
 from services.analytics.ingest import IngestBuffer, serve_stream
+from services.analytics.metrics import analytics_metrics
 from services.analytics.sink import ClickHouseSink
 
 logger = logging.getLogger(__name__)
@@ -24,9 +27,18 @@ ResponseT = TypeVar("ResponseT")
 
 
 class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
-    def __init__(self, sink: ClickHouseSink, buffer: IngestBuffer) -> None:
+    def __init__(
+        self, sink: ClickHouseSink, buffer: IngestBuffer, raw_query_max_hours: int
+    ) -> None:
         self._sink = sink
         self._buffer = buffer
+        raw_max_ms = raw_query_max_hours * 3_600_000
+        self._usage_summary = functools.partial(
+            queries.usage_summary, raw_max_ms=raw_max_ms
+        )
+        self._usage_time_series = functools.partial(
+            queries.usage_time_series, raw_max_ms=raw_max_ms
+        )
 
     async def Ingest(  # noqa: N802 - the name is fixed by the proto
         self,
@@ -46,7 +58,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         request: analytics_pb2.UsageSummaryRequest,
         context: grpc.aio.ServicerContext,
     ) -> analytics_pb2.UsageSummaryResponse:
-        return await self._run("UsageSummary", queries.usage_summary, request, context)
+        return await self._run("UsageSummary", self._usage_summary, request, context)
 
     async def UsageTimeSeries(  # noqa: N802
         self,
@@ -54,7 +66,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> analytics_pb2.UsageTimeSeriesResponse:
         return await self._run(
-            "UsageTimeSeries", queries.usage_time_series, request, context
+            "UsageTimeSeries", self._usage_time_series, request, context
         )
 
     async def SearchCalls(  # noqa: N802
@@ -76,11 +88,17 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         request: RequestT,
         context: grpc.aio.ServicerContext,
     ) -> ResponseT:
+        metrics = analytics_metrics()
+        started = time.perf_counter()
         try:
-            return await handler(self._sink, request)
+            response = await handler(self._sink, request)
         except AnalyticsError as exc:
+            metrics.rpc_total.labels(method, status_code_for(exc).name).inc()
             await _abort(context, method, exc)
             raise AssertionError("context.abort returned") from exc
+        metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+        metrics.rpc_total.labels(method, "OK").inc()
+        return response
 
 
 async def _abort(
@@ -99,12 +117,12 @@ async def _abort(
 
 
 def build_server(
-    sink: ClickHouseSink, buffer: IngestBuffer
+    sink: ClickHouseSink, buffer: IngestBuffer, raw_query_max_hours: int = 24
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """Create the gRPC server with the analytics and health services."""
     server = grpc.aio.server()
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
-        AnalyticsServicer(sink, buffer), server
+        AnalyticsServicer(sink, buffer, raw_query_max_hours), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from services.analytics.errors import SettingsError
@@ -55,6 +56,13 @@ class Settings:
     # Days after start_time when whole rows are removed.
     call_retention_days: int
     ready_file: str | None
+    # Port of the /metrics HTTP endpoint: 0 disables it, -1 binds a free port.
+    metrics_port: int = 0
+    # Ranges up to this many hours read the raw calls table (exact
+    # percentiles); longer ranges read the per-minute rollup.
+    raw_query_max_hours: int = 24
+    # The price table; None reads the file shipped with the package.
+    prices_file: Path | None = None
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -93,6 +101,13 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         ),
         call_retention_days=integer("TOLLGATE_CALL_RETENTION_DAYS", 395, 1, 36_500),
         ready_file=environ.get("TOLLGATE_READY_FILE") or None,
+        metrics_port=integer("TOLLGATE_ANALYTICS_METRICS_PORT", 0, -1, 65535),
+        raw_query_max_hours=integer(
+            "TOLLGATE_ANALYTICS_RAW_QUERY_MAX_HOURS", 24, 0, 24 * 36_500
+        ),
+        prices_file=Path(environ["TOLLGATE_PRICES_FILE"])
+        if environ.get("TOLLGATE_PRICES_FILE", "").strip()
+        else None,
     )
     _check_relations(settings, problems)
     if problems:

@@ -15,6 +15,7 @@ from services.dashboard.settings import DashboardSettings
 from services.ingress import cache_replay, proxy, settle
 from services.ingress.events import EventSender
 from services.ingress.fallback_limits import LocalLimiter
+from services.ingress.metrics import METRICS_KEY, IngressMetrics, handle_metrics
 from services.ingress.policy_client import PolicyClient
 from services.ingress.settings import IngressSettings
 from services.ingress.state import IngressState
@@ -61,6 +62,8 @@ def build_app(
             flush_interval_ms=settings.event_flush_interval_ms,
         )
         await events.start()
+        metrics.backlog.set_function(events.backlog)
+        metrics.dropped.set_function(lambda: events.dropped)
         state = IngressState(
             settings, config, session, policy, events, fallback_limiter
         )
@@ -72,8 +75,12 @@ def build_app(
         await policy.close()
         await session.close()
 
+    metrics = IngressMetrics()
+    metrics.bind_providers(list(config.providers))
+    app[METRICS_KEY] = metrics
     app.cleanup_ctx.append(clients)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", handle_metrics)
     if dashboard_settings is not None:
         dashboard = build_dashboard_app(
             dashboard_settings,

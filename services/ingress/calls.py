@@ -13,6 +13,7 @@ from gateway.analytics.v1 import analytics_pb2
 from gateway.policy.v1 import policy_pb2
 from services.common.config import Provider
 from services.common.redaction import redact_bytes, redact_text
+from services.ingress.custom_cost import CustomCost
 from services.ingress.errors import InvalidRequest
 from services.ingress.routes import Route
 from services.ingress.usage import CallOutcome
@@ -94,6 +95,8 @@ class Call:
     # Key values this call presented or was given (gateway key, provider key,
     # injected stored key), removed from everything the event stores.
     secrets: tuple[str, ...] = ()
+    # Prices from the cf-aig-custom-cost header (see custom_cost.py).
+    custom_cost: CustomCost | None = None
 
     @classmethod
     def begin(cls, route: Route, provider: Provider, method: str) -> Call:

@@ -27,6 +27,8 @@ from gateway.policy.v1 import policy_pb2
 from services.common.logs import request_id_var
 from services.ingress import cache_replay, policy_outcomes, settle
 from services.ingress.calls import Call, build_event, read_request_facts
+from services.ingress.custom_cost import HEADER as COST_HEADER
+from services.ingress.custom_cost import custom_cost_of, parse_custom_cost
 from services.ingress.errors import (
     GatewayError,
     InvalidRequest,
@@ -37,6 +39,7 @@ from services.ingress.errors import (
     error_response,
     error_type_of,
 )
+from services.ingress.metrics import METRICS_KEY
 from services.ingress.routes import parse_route, upstream_url
 from services.ingress.state import IngressState
 from services.ingress.usage import StreamObserver, parse_json_response
@@ -96,6 +99,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     finally:
         _record(state, call)
         settle.schedule_settle(state.policy, state.settle_tasks, call)
+        request.app[METRICS_KEY].observe(call)
 
 
 async def _serve(
@@ -108,6 +112,7 @@ async def _serve(
             request.method, request.content_type, call.request_body
         )
         call.decision = await _check(request, state, call)
+        call.custom_cost = parse_custom_cost(request.headers.get(COST_HEADER))
     except GatewayError as exc:
         return _answer_error(call, wire_format, exc)
 
@@ -397,6 +402,8 @@ def _record(state: IngressState, call: Call) -> None:
         return
     if call.cache_status == analytics_pb2.CACHE_STATUS_UNSPECIFIED:
         call.cache_status = analytics_pb2.CACHE_STATUS_BYPASS
+    if call.custom_cost is not None:
+        call.custom_cost_usd_micros = custom_cost_of(call.custom_cost, call.outcome)
     event = build_event(
         call,
         ingress_id=state.settings.ingress_id,

@@ -13,6 +13,7 @@ from gateway.policy.v1 import policy_pb2, policy_pb2_grpc
 from services.common.config import GatewayConfig
 from services.common.limit_config import load_gateway_limits
 from services.common.logs import request_id_var
+from services.common.metrics_http import MetricsServer, start_metrics_server
 from services.common.pricing import load_price_table
 from services.policy import provider_keys
 from services.policy.admin import AdminTokenInterceptor, PolicyAdminServicer
@@ -22,6 +23,7 @@ from services.policy.check import PolicyContext, check
 from services.policy.errors import LimitExceededError, PolicyError, status_code_for
 from services.policy.limit_decisions import LimitEngine, rich_status
 from services.policy.limit_store import LimitStore
+from services.policy.metrics import MetricsInterceptor, PolicyMetrics
 from services.policy.settings import PolicySettings
 from services.policy.store import RedisStore
 
@@ -121,11 +123,13 @@ class PolicyServer:
             cluster=settings.redis_cluster,
         )
         self.health = health.aio.HealthServicer()
-        interceptors = (
-            [AdminTokenInterceptor(settings.admin_token)]
-            if settings.admin_token
-            else []
-        )
+        self.metrics = PolicyMetrics()
+        self.metrics_server: MetricsServer | None = None
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            MetricsInterceptor(self.metrics)
+        ]
+        if settings.admin_token:
+            interceptors.append(AdminTokenInterceptor(settings.admin_token))
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -174,6 +178,10 @@ class PolicyServer:
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = self.server.add_insecure_port(address)
         await self.server.start()
+        if self.settings.metrics_port:
+            self.metrics_server = start_metrics_server(
+                self.metrics.registry, self.settings.host, self.settings.metrics_port
+            )
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         logger.info("policy service listening on %s:%d", self.settings.host, self.port)
@@ -184,4 +192,6 @@ class PolicyServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(self.settings.shutdown_grace_s)
         await self.store.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         logger.info("policy service stopped")

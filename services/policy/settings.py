@@ -40,6 +40,8 @@ class PolicySettings:
     # Lease of a concurrency slot, in seconds: a call that never settles (its
     # ingress crashed) frees its slot after this long.
     concurrency_lease_s: int = 900
+    # Port of the /metrics HTTP endpoint: 0 disables it, -1 binds a free port.
+    metrics_port: int = 0
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
@@ -51,6 +53,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
     )
     lease_s = env_int(
         environ, "TOLLGATE_CONCURRENCY_LEASE_S", 900, problems, minimum=1
+    )
+    metrics_port = env_int(
+        environ, "TOLLGATE_POLICY_METRICS_PORT", 0, problems, minimum=-1
     )
     grace_s = env_float(environ, "TOLLGATE_SHUTDOWN_GRACE_S", 5.0, problems)
     redis_cluster = env_bool(environ, "TOLLGATE_REDIS_CLUSTER", False, problems)
@@ -81,4 +86,5 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
         admin_token=environ.get("TOLLGATE_ADMIN_TOKEN", ""),
         ready_file=environ.get("TOLLGATE_READY_FILE", ""),
         concurrency_lease_s=lease_s,
+        metrics_port=metrics_port,
     )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 import time
 import uuid
 from collections.abc import Sequence
+from fractions import Fraction
 
 from gateway.analytics.v1 import analytics_pb2
+from services.common.pricing import PriceTable, load_price_table
 
 # Start of the previous UTC day, in microseconds. Events must be recent,
 # because ClickHouse drops payloads past their TTL already at insert time.
@@ -101,7 +105,42 @@ def random_events(count: int, seed: int) -> list[analytics_pb2.CallEvent]:
                 custom_cost_usd_micros=rng.choice([-1, rng.randrange(0, 10_000)]),
             )
         )
+        if events[-1].cache_status == analytics_pb2.CACHE_STATUS_HIT:
+            events[-1].saved_input_tokens = rng.randrange(0, 3000)
+            events[-1].saved_output_tokens = rng.randrange(0, 3000)
+            events[-1].saved_cache_read_tokens = rng.randrange(0, 50)
+            events[-1].saved_cache_write_tokens = rng.randrange(0, 50)
     return events
+
+
+@functools.cache
+def price_table() -> PriceTable:
+    return load_price_table()
+
+
+def _list_price_cost(event: analytics_pb2.CallEvent, saved: bool) -> int | None:
+    price = price_table().lookup(event.provider, event.model)
+    if price is None:
+        return None
+    prefix = "saved_" if saved else ""
+    usd = sum(
+        Fraction(getattr(event, f"{prefix}{kind}_tokens") * getattr(price, kind))
+        for kind in ("input", "output", "cache_read", "cache_write")
+    )
+    return math.ceil(usd / 1_000_000)
+
+
+def expected_cost(event: analytics_pb2.CallEvent) -> int | None:
+    """Reference cost of one call: custom cost, else list price rounded up."""
+    if event.custom_cost_usd_micros >= 0:
+        return event.custom_cost_usd_micros
+    return _list_price_cost(event, saved=False)
+
+
+def expected_saved_cost(event: analytics_pb2.CallEvent) -> int:
+    if event.cache_status != analytics_pb2.CACHE_STATUS_HIT:
+        return 0
+    return _list_price_cost(event, saved=True) or 0
 
 
 def quantile_exact(values: Sequence[int], level: float) -> int:
@@ -130,7 +169,8 @@ def expected_usage(events: Sequence[analytics_pb2.CallEvent]) -> dict[str, objec
             errors_by_type[key] = errors_by_type.get(key, 0) + 1
     latencies = [event.latency_us for event in events]
     ttfts = [event.ttft_us for event in events if event.first_byte_us]
-    known = [e.custom_cost_usd_micros for e in events if e.custom_cost_usd_micros >= 0]
+    costs = [expected_cost(event) for event in events]
+    known = [cost for cost in costs if cost is not None]
     return {
         "calls": len(events),
         "errors": sum(1 for event in events if is_error(event)),
@@ -146,6 +186,7 @@ def expected_usage(events: Sequence[analytics_pb2.CallEvent]) -> dict[str, objec
         "cache_hits": sum(
             1 for e in events if e.cache_status == analytics_pb2.CACHE_STATUS_HIT
         ),
+        "saved_cost_usd_micros": sum(expected_saved_cost(e) for e in events),
     }
 
 
@@ -164,4 +205,5 @@ def actual_usage(row: analytics_pb2.UsageRow) -> dict[str, object]:
         "latency": (row.latency.p50_us, row.latency.p95_us, row.latency.p99_us),
         "ttft": (row.ttft.p50_us, row.ttft.p95_us, row.ttft.p99_us),
         "cache_hits": row.cache_hits,
+        "saved_cost_usd_micros": row.saved_cost_usd_micros,
     }

@@ -16,8 +16,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.analytics.v1 import analytics_pb2
+from services.analytics import schema
 from services.analytics.app import RunningService
-from services.analytics.schema import load_migrations
 from services.analytics.settings import load_settings
 from services.analytics.sink import ClickHouseSink
 from tests.analytics.conftest import (
@@ -30,6 +30,7 @@ from tests.analytics.conftest import (
 from tests.analytics.events import (
     BASE_US,
     actual_usage,
+    expected_cost,
     expected_usage,
     full_event,
     random_events,
@@ -213,8 +214,8 @@ async def test_migrations_idempotent_across_restarts(
         TOLLGATE_CALL_RETENTION_DAYS="100",
     )
     versions = await second.sink.query("SELECT version FROM schema_migrations")
-    shipped = [migration.version for migration in load_migrations()]
-    assert sorted(int(row[0]) for row in versions) == shipped
+    expected = [m.version for m in schema.load_migrations()]
+    assert sorted(int(row[0]) for row in versions) == expected
     assert await count_rows(second) == 5
     create = await second.sink.query(
         "SELECT create_table_query FROM system.tables "
@@ -311,10 +312,8 @@ async def test_search_pagination_covers_all(
         event = by_id[call.event_id]
         assert call.latency_us == event.latency_us
         assert call.metadata == event.metadata
-        expected_cost = (
-            event.custom_cost_usd_micros if event.custom_cost_usd_micros >= 0 else -1
-        )
-        assert call.cost_usd_micros == expected_cost
+        cost = expected_cost(event)
+        assert call.cost_usd_micros == (-1 if cost is None else cost)
 
 
 async def test_search_filters(

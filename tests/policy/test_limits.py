@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 
 from gateway.policy.v1 import policy_pb2
@@ -9,6 +11,19 @@ from services.common.config import ConfigError, parse_config
 from services.common.limit_config import LimitSpec, load_gateway_limits
 from services.common.pricing import ModelPrice, cost_usd_micros, load_price_table
 from services.policy import limits
+
+
+def _price(input: int, output: int, cache_write: int, cache_read: int) -> ModelPrice:
+    return ModelPrice(
+        provider="anthropic",
+        model="test-model",
+        input=input,
+        output=output,
+        cache_write=cache_write,
+        cache_read=cache_read,
+        source="test",
+        as_of=datetime.date(2026, 12, 1),
+    )
 
 
 def test_user_override_replaces_default() -> None:
@@ -46,9 +61,9 @@ def test_settled_input_leaves_cache_reads_out() -> None:
 
 
 def test_cost_rounds_up() -> None:
-    price = ModelPrice(input=3_000_000, output=15_000_000, cache_write=0, cache_read=0)
+    price = _price(input=3_000_000, output=15_000_000, cache_write=0, cache_read=0)
     assert cost_usd_micros(price, 1, 0, 0, 0) == 3
-    assert cost_usd_micros(ModelPrice(1, 1, 1, 1), 1, 0, 0, 0) == 1
+    assert cost_usd_micros(_price(1, 1, 1, 1), 1, 0, 0, 0) == 1
 
 
 def test_price_lookup_dated_model() -> None:

@@ -7,6 +7,13 @@ oldest buffered event has waited ``flush_interval_s``. A stream is sent
 earlier requests on the stream was accepted by ClickHouse. A failed insert is
 retried with the same batch and deduplication token until it succeeds or the
 service stops, so no buffered event is dropped while the service runs.
+
+With a local buffer (:mod:`services.analytics.local_buffer`), a batch whose
+insert failed is written to that durable buffer instead and acknowledged
+once it is fsynced; the local buffer writes it to ClickHouse later. While the
+local buffer holds batches, new batches go there too, so ClickHouse receives
+them in order. Only when the local buffer is full does the flusher retry in
+memory as described above.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from services.analytics.errors import (
     StorageError,
     StorageUnavailableError,
 )
+from services.analytics.local_buffer import LocalBuffer
 from services.analytics.rows import deduplication_token, event_problems, event_to_row
 from services.analytics.sink import ClickHouseSink
 
@@ -80,8 +88,10 @@ class IngestBuffer:
         flush_interval_s: float,
         buffer_max_events: int,
         retry_max_s: float,
+        local: LocalBuffer | None = None,
     ) -> None:
         self._sink = sink
+        self._local = local
         self._batch_max_events = batch_max_events
         self._flush_interval_s = flush_interval_s
         self._buffer_max_events = buffer_max_events
@@ -198,11 +208,36 @@ class IngestBuffer:
         inserted_at = datetime.now(UTC)
         rows = [event_to_row(event, inserted_at) for event in events]
         token = deduplication_token(event.event_id for event in events)
-        await self._insert_with_retry(rows, token)
+        if self._local is None:
+            await self._insert_with_retry(rows, token)
+        else:
+            await self._store(events, rows, token)
         for chunk in batch:
             chunk.request.remaining -= len(chunk.events)
             chunk.stream.advance()
         await self._release(len(events))
+
+    async def _store(
+        self,
+        events: list[analytics_pb2.CallEvent],
+        rows: list[tuple[object, ...]],
+        token: str,
+    ) -> None:
+        """Insert, or hand the batch to the local buffer when ClickHouse fails."""
+        assert self._local is not None
+        if not self._local.has_backlog:
+            try:
+                await self._sink.insert_calls(rows, token)
+                return
+            except (StorageUnavailableError, StorageError) as exc:
+                logger.warning(
+                    "insert of %d events failed, writing them to the local buffer: %s",
+                    len(rows),
+                    exc,
+                )
+        if await self._local.put(events):
+            return
+        await self._insert_with_retry(rows, token)
 
     async def _insert_with_retry(
         self, rows: list[tuple[object, ...]], token: str

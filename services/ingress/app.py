@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 from services.common.config import GatewayConfig
+from services.common.spool import Spool
 from services.ingress import proxy
 from services.ingress.events import EventSender
 from services.ingress.policy_client import PolicyClient
@@ -48,6 +50,8 @@ def build_app(settings: IngressSettings, config: GatewayConfig) -> web.Applicati
             queue_max=settings.event_queue_max,
             batch_max=settings.event_batch_max,
             flush_interval_ms=settings.event_flush_interval_ms,
+            spool=_spool(settings),
+            spool_fsync_interval_ms=settings.event_spool_fsync_interval_ms,
         )
         await events.start()
         app[IngressState.KEY] = IngressState(settings, config, session, policy, events)
@@ -60,6 +64,15 @@ def build_app(settings: IngressSettings, config: GatewayConfig) -> web.Applicati
     app.router.add_get("/healthz", _healthz)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
+
+
+def _spool(settings: IngressSettings) -> Spool | None:
+    if not settings.event_spool_dir:
+        logger.warning("call event spool is off: events in memory die with the process")
+        return None
+    return Spool(
+        Path(settings.event_spool_dir), max_bytes=settings.event_spool_max_bytes
+    )
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -80,6 +80,8 @@ class EventSender:
         self._all_acked = asyncio.Event()
         self._all_acked.set()
         self._sequence = 0
+        # Number of the current stream; see _run.
+        self._epoch = 0
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self.dropped = 0
@@ -244,17 +246,21 @@ class EventSender:
                     self.backlog(),
                     delay,
                 )
+            # The request generator of the broken stream may still be
+            # scheduled by gRPC; the new epoch makes it stop before it takes
+            # events that would then wait in _pending for an ack that never comes.
+            self._epoch += 1
             self._requeue_pending()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
 
     async def _stream_once(self, stub: analytics_pb2_grpc.AnalyticsServiceStub) -> None:
-        call = stub.Ingest(self._requests())
+        call = stub.Ingest(self._requests(self._epoch))
         async for ack in call:
             self._acknowledge(ack.sequence)
 
-    async def _requests(self) -> AsyncIterator[analytics_pb2.IngestRequest]:
-        while True:
+    async def _requests(self, epoch: int) -> AsyncIterator[analytics_pb2.IngestRequest]:
+        while epoch == self._epoch:
             if not self._queue and self._spool_cursor is not None:
                 self._refill_from_spool()
             if not self._queue:
@@ -264,6 +270,8 @@ class EventSender:
             if len(self._queue) < self.batch_max:
                 # Let a batch fill up a little: fewer, larger inserts.
                 await asyncio.sleep(self.flush_interval_s)
+            if epoch != self._epoch:
+                return
             batch = [
                 self._queue.popleft()
                 for _ in range(min(self.batch_max, len(self._queue)))

@@ -7,12 +7,14 @@ import contextlib
 import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health
 
 from services.analytics.errors import StorageUnavailableError
 from services.analytics.ingest import IngestBuffer
+from services.analytics.local_buffer import LocalBuffer
 from services.analytics.metrics import analytics_metrics, start_analytics_metrics
 from services.analytics.schema import apply_migrations, apply_retention
 from services.analytics.server import build_server, set_serving
@@ -21,6 +23,7 @@ from services.analytics.sink import ClickHouseSink
 from services.common.metrics_http import MetricsServer
 from services.common.pricing import load_price_table
 from services.common.ready import write_ready_file
+from services.common.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ class RunningService:
     health: health.aio.HealthServicer
     flusher: asyncio.Task[None]
     port: int
+    local: LocalBuffer | None = None
+    replayer: asyncio.Task[None] | None = None
     metrics_server: MetricsServer | None = None
 
     async def shutdown(self) -> None:
@@ -49,6 +54,13 @@ class RunningService:
         stopping = asyncio.create_task(self.server.stop(grace_s))
         await self._wait_for_flush(grace_s)
         await stopping
+        if self.replayer is not None:
+            self.replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.replayer
+        if self.local is not None:
+            # Batches still in the local buffer are written after the next start.
+            self.local.close()
         await self.sink.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
@@ -112,6 +124,7 @@ async def start_service(
         await sink.close()
         raise
     logger.info("schema ready, migrations applied now: %s", applied or "none")
+    local = _open_local_buffer(settings)
     buffer = IngestBuffer(
         sink,
         batch_max_events=settings.batch_max_events,
@@ -119,6 +132,12 @@ async def start_service(
         buffer_max_events=settings.buffer_max_events,
         retry_max_s=settings.retry_max_ms / 1000,
         prices=prices,
+        local=local,
+    )
+    replayer = (
+        asyncio.create_task(local.run(buffer.insert_once), name="analytics-replayer")
+        if local is not None
+        else None
     )
     analytics_metrics().buffer_events.set_function(lambda: buffer.held_events)
     flusher = asyncio.create_task(buffer.run(), name="analytics-flusher")
@@ -130,8 +149,27 @@ async def start_service(
     write_ready_file(settings.ready_file, port)
     logger.info("analytics service listening on %s port %d", settings.host, port)
     return RunningService(
-        settings, sink, buffer, server, health_servicer, flusher, port, metrics_server
+        settings,
+        sink,
+        buffer,
+        server,
+        health_servicer,
+        flusher,
+        port,
+        local=local,
+        replayer=replayer,
+        metrics_server=metrics_server,
     )
+
+
+def _open_local_buffer(settings: Settings) -> LocalBuffer | None:
+    if not settings.spool_dir:
+        logger.warning("local buffer is off: ClickHouse outages hold events in memory")
+        return None
+    spool = Spool(Path(settings.spool_dir), max_bytes=settings.spool_max_bytes)
+    local = LocalBuffer(spool, retry_max_s=settings.retry_max_ms / 1000)
+    local.open()
+    return local
 
 
 def _listen_address(host: str, port: int) -> str:

@@ -16,6 +16,13 @@ block, unlike the ReplacingMergeTree raw table that merges duplicates away.
 NOTE: two analytics replicas that receive the same replayed event at the same
 moment can both insert it; the raw table stays exact (FINAL), the rollup
 would count it twice.
+
+With a local buffer (:mod:`services.analytics.local_buffer`), a batch whose
+insert failed is written to that durable buffer instead and acknowledged
+once it is fsynced; the local buffer writes it to ClickHouse later. While the
+local buffer holds batches, new batches go there too, so ClickHouse receives
+them in order. Only when the local buffer is full does the flusher retry in
+memory as described above.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from services.analytics.errors import (
     StorageError,
     StorageUnavailableError,
 )
+from services.analytics.local_buffer import LocalBuffer
 from services.analytics.metrics import analytics_metrics
 from services.analytics.rows import deduplication_token, event_problems, event_to_row
 from services.analytics.sink import ClickHouseSink
@@ -95,10 +103,12 @@ class IngestBuffer:
         buffer_max_events: int,
         retry_max_s: float,
         prices: PriceTable | None = None,
+        local: LocalBuffer | None = None,
     ) -> None:
         self._sink = sink
         self._prices = prices if prices is not None else load_price_table()
         self._metrics = analytics_metrics()
+        self._local = local
         self._batch_max_events = batch_max_events
         self._flush_interval_s = flush_interval_s
         self._buffer_max_events = buffer_max_events
@@ -212,24 +222,58 @@ class IngestBuffer:
 
     async def _write_batch(self, batch: list[_Chunk]) -> None:
         events = [event for chunk in batch for event in chunk.events]
-        fresh = await self._retrying(
-            lambda: self._unstored(events), f"lookup of {len(events)} event ids"
-        )
-        if fresh:
-            inserted_at = datetime.now(UTC)
-            rows = [event_to_row(event, inserted_at, self._prices) for event in fresh]
-            token = deduplication_token(event.event_id for event in fresh)
-            await self._retrying(
-                lambda: self._insert(rows, token), f"insert of {len(rows)} events"
+        if self._local is None or not await self._store(events):
+            fresh = await self._retrying(
+                lambda: self._unstored(events), f"lookup of {len(events)} event ids"
             )
-        replayed = len(events) - len(fresh)
-        if replayed:
-            self._metrics.replayed_events.inc(replayed)
-            logger.info("dropped %d events that were already stored", replayed)
+            await self._retrying(
+                lambda: self._insert_fresh(events, fresh),
+                f"insert of {len(fresh)} events",
+            )
         for chunk in batch:
             chunk.request.remaining -= len(chunk.events)
             chunk.stream.advance()
         await self._release(len(events))
+
+    async def insert_once(self, events: list[analytics_pb2.CallEvent]) -> None:
+        """Insert the events not stored yet, once; raises the storage error."""
+        fresh = await self._unstored(events)
+        await self._insert_fresh(events, fresh)
+
+    async def _insert_fresh(
+        self,
+        events: list[analytics_pb2.CallEvent],
+        fresh: list[analytics_pb2.CallEvent],
+    ) -> None:
+        if fresh:
+            inserted_at = datetime.now(UTC)
+            rows = [event_to_row(event, inserted_at, self._prices) for event in fresh]
+            token = deduplication_token(event.event_id for event in fresh)
+            await self._insert(rows, token)
+        replayed = len(events) - len(fresh)
+        if replayed:
+            self._metrics.replayed_events.inc(replayed)
+            logger.info("dropped %d events that were already stored", replayed)
+
+    async def _store(self, events: list[analytics_pb2.CallEvent]) -> bool:
+        """Insert, or hand the batch to the local buffer when ClickHouse fails.
+
+        Returns False when the local buffer is full, so the caller retries in
+        memory and the senders keep their events.
+        """
+        assert self._local is not None
+        if not self._local.has_backlog:
+            try:
+                await self.insert_once(events)
+                return True
+            except (StorageUnavailableError, StorageError) as exc:
+                self._metrics.insert_failures.inc()
+                logger.warning(
+                    "insert of %d events failed, writing them to the local buffer: %s",
+                    len(events),
+                    exc,
+                )
+        return await self._local.put(events)
 
     async def _unstored(
         self, events: list[analytics_pb2.CallEvent]

@@ -55,6 +55,11 @@ class Settings:
     payload_retention_days: int
     # Days after start_time when whole rows are removed.
     call_retention_days: int
+    # Directory of the durable local buffer used while ClickHouse is down;
+    # empty turns it off (see docs/durability.md).
+    spool_dir: str
+    # Largest size of the local buffer files, in bytes.
+    spool_max_bytes: int
     ready_file: str | None
     # Port of the /metrics HTTP endpoint: 0 disables it, -1 binds a free port.
     metrics_port: int = 0
@@ -100,6 +105,10 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
             "TOLLGATE_PAYLOAD_RETENTION_DAYS", 30, 1, 36_500
         ),
         call_retention_days=integer("TOLLGATE_CALL_RETENTION_DAYS", 395, 1, 36_500),
+        spool_dir=_spool_dir(environ),
+        spool_max_bytes=integer(
+            "TOLLGATE_ANALYTICS_SPOOL_MAX_BYTES", 1 << 30, 1 << 16, 1 << 50
+        ),
         ready_file=environ.get("TOLLGATE_READY_FILE") or None,
         metrics_port=integer("TOLLGATE_ANALYTICS_METRICS_PORT", 0, -1, 65535),
         raw_query_max_hours=integer(
@@ -113,6 +122,16 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     if problems:
         raise SettingsError(problems)
     return settings
+
+
+def _spool_dir(environ: Mapping[str, str]) -> str:
+    value = environ.get("TOLLGATE_ANALYTICS_SPOOL_DIR", "").strip()
+    if value.lower() == "off":
+        return ""
+    if value:
+        return value
+    data_dir = environ.get("TOLLGATE_DATA_DIR", "").strip() or "var"
+    return os.path.join(data_dir, "spool", "analytics")
 
 
 def _check_relations(settings: Settings, problems: list[str]) -> None:

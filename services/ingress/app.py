@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 from services.common.config import GatewayConfig
 from services.common.limit_config import load_gateway_limits
+from services.common.spool import Spool
 from services.dashboard.app import build_dashboard_app, mount_dashboard
 from services.dashboard.settings import DashboardSettings
 from services.ingress import cache_replay, proxy, settle
@@ -60,6 +62,8 @@ def build_app(
             queue_max=settings.event_queue_max,
             batch_max=settings.event_batch_max,
             flush_interval_ms=settings.event_flush_interval_ms,
+            spool=_spool(settings),
+            spool_fsync_interval_ms=settings.event_spool_fsync_interval_ms,
         )
         await events.start()
         metrics.backlog.set_function(events.backlog)
@@ -91,6 +95,15 @@ def build_app(
         mount_dashboard(app, dashboard)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
+
+
+def _spool(settings: IngressSettings) -> Spool | None:
+    if not settings.event_spool_dir:
+        logger.warning("call event spool is off: events in memory die with the process")
+        return None
+    return Spool(
+        Path(settings.event_spool_dir), max_bytes=settings.event_spool_max_bytes
+    )
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -42,7 +42,11 @@ from services.ingress.errors import (
 from services.ingress.metrics import METRICS_KEY
 from services.ingress.routes import parse_route, upstream_url
 from services.ingress.state import IngressState
-from services.ingress.usage import StreamObserver, parse_json_response
+from services.ingress.usage import (
+    StreamObserver,
+    estimate_cut_off_output,
+    parse_json_response,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -366,6 +370,12 @@ async def _relay(
             request.transport.close()
         return response
     _finish_outcome(call, observer, upstream)
+    if call.client_cancelled and observer is not None:
+        if estimate_cut_off_output(observer):
+            call.error_message += (
+                "; output_tokens is an estimate (a lower bound: content events "
+                "seen before the cut-off)"
+            )
     if not call.client_cancelled:
         try:
             await response.write_eof()

@@ -33,6 +33,14 @@ class IngressSettings:
     event_queue_max: int = 100_000
     event_batch_max: int = 256
     event_flush_interval_ms: int = 50
+    # Directory of the call event spool (see docs/durability.md); empty
+    # turns the spool off. Default: <TOLLGATE_DATA_DIR>/spool/ingress-<id>.
+    event_spool_dir: str = ""
+    # Largest size of the spool files, in bytes; when full, new events are
+    # dropped (logged and counted).
+    event_spool_max_bytes: int = 1 << 30
+    # Interval between fsyncs of the spool, in milliseconds.
+    event_spool_fsync_interval_ms: int = 200
     # Seconds a SIGTERM waits for in-flight calls and unsent events.
     shutdown_grace_s: float = 10.0
     # Name of this replica, stored with each call event.
@@ -44,6 +52,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> IngressSettings:
     """Build the settings from the environment, reporting every invalid value."""
     problems: list[str] = []
     d = IngressSettings()
+    ingress_id = environ.get("TOLLGATE_INGRESS_ID") or socket.gethostname()
     settings = IngressSettings(
         host=environ.get("TOLLGATE_INGRESS_HOST", d.host),
         port=env_int(environ, "TOLLGATE_INGRESS_PORT", d.port, problems),
@@ -103,9 +112,35 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> IngressSettings:
         shutdown_grace_s=env_float(
             environ, "TOLLGATE_SHUTDOWN_GRACE_S", d.shutdown_grace_s, problems
         ),
-        ingress_id=environ.get("TOLLGATE_INGRESS_ID") or socket.gethostname(),
+        ingress_id=ingress_id,
+        event_spool_dir=_spool_dir(environ, ingress_id),
+        event_spool_max_bytes=env_int(
+            environ,
+            "TOLLGATE_EVENT_SPOOL_MAX_BYTES",
+            d.event_spool_max_bytes,
+            problems,
+            minimum=1 << 16,
+        ),
+        event_spool_fsync_interval_ms=env_int(
+            environ,
+            "TOLLGATE_EVENT_SPOOL_FSYNC_INTERVAL_MS",
+            d.event_spool_fsync_interval_ms,
+            problems,
+            minimum=1,
+        ),
         ready_file=environ.get("TOLLGATE_READY_FILE", ""),
     )
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def _spool_dir(environ: Mapping[str, str], ingress_id: str) -> str:
+    """Return the spool directory: the setting, "" for "off", else the default."""
+    value = environ.get("TOLLGATE_EVENT_SPOOL_DIR", "").strip()
+    if value.lower() == "off":
+        return ""
+    if value:
+        return value
+    data_dir = environ.get("TOLLGATE_DATA_DIR", "").strip() or "var"
+    return os.path.join(data_dir, "spool", f"ingress-{ingress_id}")

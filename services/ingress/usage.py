@@ -113,6 +113,9 @@ class StreamObserver:
         self.outcome = CallOutcome()
         self._parser = SseParser()
         self._anthropic = wire_format == "anthropic"
+        # Whether the final usage arrived, for the estimate of a stream that
+        # was cut off (the content events seen are in outcome.delta_events).
+        self.final_usage_seen = False
 
     def feed(self, chunk: bytes, now_ns: int) -> None:
         for event in self._parser.feed(chunk):
@@ -153,6 +156,8 @@ class StreamObserver:
         delta = value.get("delta")
         if isinstance(delta, dict) and delta.get("stop_reason"):
             outcome.stop_reason = str(delta["stop_reason"])
+        if value.get("usage"):
+            self.final_usage_seen = True
         apply_anthropic_usage(outcome, value.get("usage"))
 
     def _observe_openai(self, data: str, now_ns: int) -> None:
@@ -179,6 +184,7 @@ class StreamObserver:
         if not outcome.model and value.get("model"):
             outcome.model = str(value["model"])
         if value.get("usage"):
+            self.final_usage_seen = True
             apply_openai_usage(outcome, value["usage"])
         choices = value.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -195,6 +201,20 @@ class StreamObserver:
             outcome.first_token_ns = now_ns
         if choice.get("finish_reason"):
             outcome.stop_reason = str(choice["finish_reason"])
+
+
+def estimate_cut_off_output(observer: StreamObserver) -> bool:
+    """Estimate output tokens of a stream that ended before its final usage.
+
+    The estimate is the number of content events seen (each carries at least
+    one token), so it is a lower bound. Returns True when it replaced the
+    reported count.
+    """
+    outcome = observer.outcome
+    if observer.final_usage_seen or outcome.delta_events <= outcome.output_tokens:
+        return False
+    outcome.output_tokens = outcome.delta_events
+    return True
 
 
 def _loads(data: str) -> dict[str, Any]:

@@ -203,6 +203,8 @@ class Stack:
         service.start()
         self.services["clickhouse"] = service
         port = service.wait_ready()
+        # A restart through restart_backend binds the same port.
+        service.argv[service.argv.index("--port") + 1] = str(port)
         self.clickhouse_url = f"http://127.0.0.1:{port}/tollgate"
 
     def start_service(self, name: str) -> Service:
@@ -219,8 +221,18 @@ class Stack:
                 self.services["analytics"].port if "analytics" in self.services
                 else options.analytics_port
             )
+            env.setdefault(
+                "TOLLGATE_ANALYTICS_SPOOL_DIR", str(self.data_dir / "spool" / "analytics")
+            )
         elif name == "ingress":
-            env["TOLLGATE_INGRESS_PORT"] = str(options.ingress_port)
+            # A restart binds the port of the process it replaces.
+            env["TOLLGATE_INGRESS_PORT"] = str(
+                self.services["ingress"].port if "ingress" in self.services
+                else options.ingress_port
+            )
+            env.setdefault(
+                "TOLLGATE_EVENT_SPOOL_DIR", str(self.data_dir / "spool" / "ingress")
+            )
             env["TOLLGATE_POLICY_ADDRESS"] = f"127.0.0.1:{self.services['policy'].port}"
             env["TOLLGATE_ANALYTICS_ADDRESS"] = (
                 f"127.0.0.1:{self.services['analytics'].port}"
@@ -232,10 +244,17 @@ class Stack:
         return service
 
     def start_extra_ingress(self, name: str) -> Service:
-        """Start another ingress replica on a free port (for multi-replica tests)."""
+        """Start another ingress replica (for multi-replica tests).
+
+        It binds a free port, or the port of the replica of the same name it
+        replaces, and spools its events under its own directory.
+        """
         env = self._service_env()
-        env["TOLLGATE_INGRESS_PORT"] = "0"
+        env["TOLLGATE_INGRESS_PORT"] = str(
+            self.services[name].port if name in self.services else 0
+        )
         env["TOLLGATE_INGRESS_ID"] = name
+        env.setdefault("TOLLGATE_EVENT_SPOOL_DIR", str(self.data_dir / "spool" / name))
         env["TOLLGATE_POLICY_ADDRESS"] = f"127.0.0.1:{self.services['policy'].port}"
         env["TOLLGATE_ANALYTICS_ADDRESS"] = f"127.0.0.1:{self.services['analytics'].port}"
         service = self._python_service(name, ["services.ingress"], env)
@@ -243,6 +262,17 @@ class Stack:
         self.services[name] = service
         service.wait_ready()
         return service
+
+    def restart_backend(self, name: str) -> Service:
+        """Start Redis or ClickHouse again on its port and data directory."""
+        old = self.services[name]
+        old.stop()
+        old.start()
+        if name == "redis":
+            _wait_port("127.0.0.1", old.port, old)
+        else:
+            old.wait_ready()
+        return old
 
     def _service_env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -107,6 +107,8 @@ def service_environ(url: str, **overrides: str) -> dict[str, str]:
         "TOLLGATE_ANALYTICS_RETRY_MAX_MS": "300",
         "TOLLGATE_ANALYTICS_CLICKHOUSE_TIMEOUT_MS": "5000",
         "TOLLGATE_ANALYTICS_SHUTDOWN_GRACE_MS": "3000",
+        # These tests check the in-memory path; tests/faults covers the spool.
+        "TOLLGATE_ANALYTICS_SPOOL_DIR": "off",
     }
     environ.update(overrides)
     return environ

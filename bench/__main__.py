@@ -40,6 +40,7 @@ ALL_TARGETS = ("direct", "tollgate", "tollgate-cache", "litellm", "portkey")
 # Not in the default run: two SO_REUSEPORT ingress workers on the one
 # gateway core show the mechanism, not a gain (see BENCHMARKS.md).
 OPTIONAL_TARGETS = ("tollgate-2w",)
+PEER_PACKAGES = {"litellm": "litellm[proxy]", "portkey": "@portkey-ai/gateway"}
 # Seconds of no traffic over which each target's idle CPU is measured.
 IDLE_WINDOW_S = 2.0
 
@@ -82,12 +83,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Markdown file whose results section is replaced",
     )
     add("--no-write", action="store_true", help="do not touch the Markdown file")
+    add(
+        "--render",
+        type=Path,
+        metavar="RAW_JSON",
+        help="rewrite the Markdown section from a saved raw result, run nothing",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
+    if args.render is not None:
+        saved = orjson.loads(args.render.read_bytes())
+        saved.setdefault("raw_path", str(args.render))
+        report.write_benchmarks(args.output, report.render_section(saved))
+        logger.info("wrote %s from %s", args.output, args.render)
+        return 0
     selected_cases = cases.select_cases(args.cases)
     names = [n.strip() for n in args.peers.split(",") if n.strip()]
     unknown = set(names) - set(ALL_TARGETS + OPTIONAL_TARGETS)
@@ -127,15 +140,16 @@ def main(argv: list[str] | None = None) -> int:
             rows, notes = run_target(target, selected_cases, durations, args, work_dir)
             run["rows"] += rows
             run["notes"] += notes
-            if target.version and name in ("litellm", "portkey"):
-                run["versions"]["peers"][name] = target.version
+            if name in PEER_PACKAGES:
+                run["versions"]["peers"][PEER_PACKAGES[name]] = target.version
     finally:
         simulator.stop()
 
     run["machine"]["loadavg_end"] = loadavg()
     report.attach_added(run["rows"])
-    raw_path = write_raw(run, stamp)
+    raw_path = BENCH_DIR / "results" / f"{stamp.strftime('%Y%m%dT%H%M%SZ')}.json"
     run["raw_path"] = str(raw_path.relative_to(ROOT))
+    write_raw(run, raw_path)
     print(report.results_table(run["rows"]))
     print()
     print(report.checks_table(report.target_checks(run["rows"])))
@@ -356,12 +370,9 @@ def not_run_row(target: Target, case: Case, reason: str) -> dict[str, Any]:
     }
 
 
-def write_raw(run: dict[str, Any], stamp: datetime.datetime) -> Path:
-    results = BENCH_DIR / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / f"{stamp.strftime('%Y%m%dT%H%M%SZ')}.json"
+def write_raw(run: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(run, option=orjson.OPT_INDENT_2))
-    return path
 
 
 def command_line(argv: list[str] | None) -> str:

@@ -436,7 +436,7 @@ class LiteLLM(Target):
     names to the simulator."""
 
     name = "litellm"
-    version = f"litellm {LITELLM_VERSION}"
+    version = LITELLM_VERSION
 
     def __init__(
         self,
@@ -588,12 +588,31 @@ def patch_portkey_stream_headers(entry: Path) -> None:
     entry.write_text(text.replace(PORTKEY_STREAM_BUG, PORTKEY_STREAM_FIX))
 
 
+def install_node() -> tuple[str, str]:
+    """Install Debian's nodejs and npm packages; needs root and apt-get."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise TargetNotRun("node and npm are not installed and cannot be installed")
+    logger.info("installing Debian's nodejs and npm packages")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for step in (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "nodejs", "npm"],
+    ):
+        result = subprocess.run(step, env=env, capture_output=True, check=False)
+        if result.returncode != 0:
+            raise TargetNotRun(f"apt-get failed to install nodejs and npm: {step}")
+    npm, node = shutil.which("npm"), shutil.which("node")
+    if npm is None or node is None:
+        raise TargetNotRun("node and npm are still missing after apt-get install")
+    return npm, node
+
+
 class Portkey(Target):
     """Portkey's open-source gateway on Node, pointed at the simulator with
     its per-request headers."""
 
     name = "portkey"
-    version = f"@portkey-ai/gateway {PORTKEY_VERSION}"
+    version = PORTKEY_VERSION
 
     def __init__(
         self,
@@ -621,7 +640,7 @@ class Portkey(Target):
             return entry
         npm, node = shutil.which("npm"), shutil.which("node")
         if npm is None or node is None:
-            raise TargetNotRun("node and npm are not installed")
+            npm, node = install_node()
         self.dir.mkdir(parents=True, exist_ok=True)
         log = self.dir.parent / "portkey-install.log"
         package = self.dir / "package.json"

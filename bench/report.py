@@ -124,10 +124,22 @@ def results_table(rows: Iterable[Mapping[str, Any]]) -> str:
         "| TTFB p50 | added TTFB | CPU ms/call | errors | client CPU |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    shown_not_run: set[tuple[str, str]] = set()
+    rows = list(rows)
     for row in rows:
         if not _ran(row):
+            key = (row["target"], row["not_run"])
+            if key in shown_not_run:
+                continue
+            shown_not_run.add(key)
+            same = [
+                r
+                for r in rows
+                if r["target"] == row["target"] and r.get("not_run") == row["not_run"]
+            ]
+            case = row["case"] if len(same) == 1 else f"{len(same)} cases"
             lines.append(
-                f"| {row['target']} | {row['case']} | not run: {row['not_run']} "
+                f"| {row['target']} | {case} | not run: {row['not_run']} "
                 "| | | | | | | | | | |"
             )
             continue
@@ -153,10 +165,11 @@ def results_table(rows: Iterable[Mapping[str, Any]]) -> str:
 def process_table(rows: Iterable[Mapping[str, Any]]) -> str:
     """CPU per call and peak RSS of each process, per target and case."""
     lines = [
-        "| target | case | CPU ms/call by process | Redis CPU ms/call "
+        "| target | case | CPU ms/call by process | gateway core busy "
+        "| Redis CPU ms/call "
         "| ClickHouse CPU ms/call | idle CPU ms/s | peak RSS MiB (VmHWM) "
         "| RSS MiB start -> end |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if not _ran(row) or not row.get("cpu_ms_by_process"):
@@ -171,8 +184,11 @@ def process_table(rows: Iterable[Mapping[str, Any]]) -> str:
             f"{name} {start:.0f} -> {row['rss_end_mib'][name]:.0f}"
             for name, start in row["rss_start_mib"].items()
         )
+        # Share of one core the gateway used: below 100 % under closed-loop
+        # load means it waited on something other than its own CPU.
+        busy = row["cpu_ms_per_call"] * row["rps"] / 10.0
         lines.append(
-            f"| {row['target']} | {row['case']} | {by_process} "
+            f"| {row['target']} | {row['case']} | {by_process} | {busy:.0f}% "
             f"| {_fmt(row.get('redis_cpu_ms_per_call'), 2)} "
             f"| {_fmt(row.get('clickhouse_cpu_ms_per_call'), 2)} "
             f"| {_fmt(row.get('idle_cpu_ms_per_s'), 1)} | {peaks} | {growth} |"
@@ -302,8 +318,8 @@ def render_section(run: Mapping[str, Any]) -> str:
             f"{machine['ram_gib']:.0f} GiB RAM; load average at start "
             f"{machine['loadavg_start']}, at end {machine.get('loadavg_end', '-')}",
             f"- Versions: Tollgate {versions['tollgate']}, Python "
-            f"{versions['python']}, aiohttp {versions['aiohttp']}, "
-            + ", ".join(f"{k} {v}" for k, v in versions.get("peers", {}).items()),
+            f"{versions['python']}, aiohttp {versions['aiohttp']}"
+            + "".join(f", {k} {v}" for k, v in versions.get("peers", {}).items()),
             f"- Pinning: {run['pinning']}",
             f"- Workload: {run['workload']}",
             f"- Raw results: `{run['raw_path']}`",

@@ -79,13 +79,13 @@ bench: install ## Benchmark Tollgate beside direct calls and the peers
 	$(PY) -m bench
 
 lint: install ## Check formatting, lint and types
-	$(VENV)/bin/ruff format --check services tests
-	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/ruff format --check services tests bench
+	$(VENV)/bin/ruff check services tests bench
 	$(VENV)/bin/mypy
 
 format: install ## Format the code
-	$(VENV)/bin/ruff format services tests
-	$(VENV)/bin/ruff check --fix services tests
+	$(VENV)/bin/ruff format services tests bench
+	$(VENV)/bin/ruff check --fix services tests bench
 
 clean: ## Remove the virtualenv, generated code and local data
 	rm -rf $(VENV) gen var .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""The benchmark: Tollgate beside direct calls and the peer gateways."""

@@ -163,26 +163,30 @@ def end_marker(case: Case) -> bytes:
 # Gateway configurations of Tollgate's targets. Each feature that lands adds
 # its table here so that the benchmark keeps "everything on": identity
 # (anonymous users from provider keys) and payload logging are on by default;
-# the limits and cache tables follow the shapes of their features and are
-# kept in Gateway.extra until those features validate them.
-# NOTE: the limit and cache tables below are the expected shapes; align them
-# with the merged features' configuration reference after the merge.
+# the tables below follow docs/limits.md and docs/caching.md.
 ACCOUNT = "bench"
 FULL_GATEWAY = "full"
 CACHED_GATEWAY = "cached"
 
 FEATURE_TABLES = """
 [[accounts.bench.gateways.{gateway}.limits]]
-# A generous request limit and a token limit, so that the limit path runs on
-# every call without ever denying one.
+# A generous per-user request limit and token limit, so that the limit path
+# runs on every call (reserve in Check, settle after) without denying one.
+scope = "user"
 kind = "requests"
 limit = 10000000
 window_s = 60
 
 [[accounts.bench.gateways.{gateway}.limits]]
-kind = "tokens"
-tokens = "total"
+scope = "user"
+kind = "total_tokens"
 limit = 100000000000
+window_s = 60
+
+# The benchmark repeats one body, so the loop guard runs on every call with a
+# bound it never reaches.
+[accounts.bench.gateways.{gateway}.loop_guard]
+max_repeats = 100000000
 window_s = 60
 """
 

@@ -143,7 +143,7 @@ def parse_price_table(items: Iterable[object]) -> PriceTable:
     for index, item in enumerate(items):
         where = f"model[{index}]"
         price = _parse_entry(item, where, problems)
-        if price is None:
+        if price is None or not isinstance(item, dict):
             continue
         names = [price.model, *_aliases(item, where, problems)]
         for name in names:

@@ -90,7 +90,7 @@ async def _one_call(
                 extra_headers=headers,
             )
         else:
-            stream = await gpt.chat.completions.create(
+            chunks = await gpt.chat.completions.create(
                 model="gpt-4o",
                 stream=True,
                 stream_options={"include_usage": True},
@@ -100,7 +100,7 @@ async def _one_call(
                 ],
                 extra_headers=headers,
             )
-            async for _ in stream:
+            async for _ in chunks:
                 pass
     except (anthropic.APIError, openai.APIError):
         return False

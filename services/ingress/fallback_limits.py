@@ -66,8 +66,14 @@ class LocalLimiter:
             if spec.scope == "user" and spec.subject and named != user:
                 continue
             subject = "-" if spec.scope == "gateway" else user
-            key = (request.account_id, request.gateway_id, spec.scope, subject)
-            chosen.append((key + (str(spec.window_s),), spec.limit, spec.window_s))
+            key: tuple[str, ...] = (
+                request.account_id,
+                request.gateway_id,
+                spec.scope,
+                subject,
+                str(spec.window_s),
+            )
+            chosen.append((key, spec.limit, spec.window_s))
 
         wait_s = 0.0
         for key, limit, window_s in chosen:

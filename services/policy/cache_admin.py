@@ -62,4 +62,3 @@ async def delete_cache_rule(
     _require_gateway(config, request.scope.account_id, request.scope.gateway_id)
     deleted = await cache.rules.delete(request.scope)
     return policy_pb2.DeleteCacheRuleResponse(deleted=deleted)
-

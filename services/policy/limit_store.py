@@ -122,7 +122,8 @@ class LimitStore:
 
     async def read_reservation(self, key: str) -> dict[bytes, bytes]:
         try:
-            return await self.store.client.hgetall(key)  # type: ignore[no-any-return]
+            raw: dict[bytes, bytes] = await self.store.client.hgetall(key)  # type: ignore[assignment]
+            return raw
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
 
@@ -169,7 +170,7 @@ class LimitStore:
             )
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
-        return _decode_limits(raw)
+        return _decode_limits(raw)  # type: ignore[arg-type]
 
     async def set_limit(
         self, account_id: str, gateway_id: str, spec: LimitSpec

@@ -20,7 +20,12 @@ from services.policy.admin import AdminTokenInterceptor, PolicyAdminServicer
 from services.policy.cache import ResponseCache
 from services.policy.cache_rules import load_gateway_cache_configs
 from services.policy.check import PolicyContext, check
-from services.policy.errors import LimitExceededError, PolicyError, status_code_for
+from services.policy.errors import (
+    LimitExceededError,
+    PolicyError,
+    StoreUnavailableError,
+    status_code_for,
+)
 from services.policy.limit_decisions import LimitEngine, rich_status
 from services.policy.limit_store import LimitStore
 from services.policy.metrics import MetricsInterceptor, PolicyMetrics
@@ -107,7 +112,9 @@ async def load_identity_secret(store: RedisStore, configured: str) -> bytes:
     key = store.global_key("identity-secret")
     await store.client.set(key, secrets.token_hex(32), nx=True)
     value = await store.client.get(key)
-    return bytes(value)
+    if not isinstance(value, bytes):
+        raise StoreUnavailableError("Redis returned no identity secret")
+    return value
 
 
 class PolicyServer:

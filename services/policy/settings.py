@@ -51,9 +51,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
     timeout_ms = env_int(
         environ, "TOLLGATE_POLICY_REDIS_TIMEOUT_MS", 200, problems, minimum=1
     )
-    lease_s = env_int(
-        environ, "TOLLGATE_CONCURRENCY_LEASE_S", 900, problems, minimum=1
-    )
+    lease_s = env_int(environ, "TOLLGATE_CONCURRENCY_LEASE_S", 900, problems, minimum=1)
     metrics_port = env_int(
         environ, "TOLLGATE_POLICY_METRICS_PORT", 0, problems, minimum=-1
     )

@@ -7,6 +7,8 @@ a Lua script may touch any of them on a cluster unchanged.
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
@@ -20,7 +22,10 @@ class RedisStore:
         self, url: str, *, prefix: str, timeout_ms: int, cluster: bool = False
     ) -> None:
         timeout_s = timeout_ms / 1000
-        options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+        options: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+        }
         # RedisCluster speaks the same commands; the hash tag in every key
         # keeps the keys of one decision in one slot.
         self.client: redis.Redis | redis.RedisCluster = (

@@ -211,7 +211,8 @@ def prompt_parts(body: dict[str, object]) -> list[object]:
         parts.extend(system)
     elif isinstance(system, str) and system:
         parts.append(system)
-    for message in body.get("messages") or []:
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else []:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
             parts.extend(content)
@@ -572,5 +573,5 @@ async def retrieve_model(request: web.Request) -> web.Response:
     for model in MODELS:
         if model[0] == model_id:
             return json_response(model_info(model), headers={"request-id": request_id})
-    error = ApiError(404, "not_found_error", f"model: {model_id}")
-    return error_response(request_id, error)
+    missing = ApiError(404, "not_found_error", f"model: {model_id}")
+    return error_response(request_id, missing)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .settings import CACHE_MODES, SimSettings
 
@@ -97,7 +98,7 @@ def read_controls(
             raw[key] = value.strip()
     if not raw:
         return defaults
-    changes = {
+    changes: dict[str, Any] = {
         CONTROL_FIELDS[key]: _parse_value(key, value) for key, value in raw.items()
     }
     return replace(defaults, **changes)

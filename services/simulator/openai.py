@@ -405,7 +405,7 @@ def usage(plan: ChatPlan) -> dict[str, object]:
 
 
 def completion_body(plan: ChatPlan) -> dict[str, object]:
-    message = {
+    message: dict[str, object] = {
         "role": "assistant",
         "content": plan.completion.text,
         "refusal": None,
@@ -540,7 +540,7 @@ def chunk(plan: ChatPlan, delta: dict[str, object], finish: str | None) -> bytes
 async def stream_chat(request: web.Request, plan: ChatPlan) -> web.StreamResponse:
     """Send the completion as ``data:`` chunks ending with ``data: [DONE]``."""
     response = await start_stream(request, response_headers(plan.request_id))
-    first = {"role": "assistant", "content": "", "refusal": None}
+    first: dict[str, object] = {"role": "assistant", "content": "", "refusal": None}
     await response.write(chunk(plan, first, None))
     completed = await stream_deltas(request, response, plan)
     if not completed:
@@ -632,9 +632,10 @@ def embedding_inputs(body: dict[str, object]) -> list[object]:
 
 def embedding_item(index: int, item: object, dimensions: int, encoding: str) -> dict:
     text = item if isinstance(item, str) else orjson.dumps(item).decode()
-    vector: object = embedding_vector(text, dimensions)
+    values = embedding_vector(text, dimensions)
+    vector: object = values
     if encoding == "base64":
-        vector = base64.b64encode(array.array("f", vector).tobytes()).decode()
+        vector = base64.b64encode(array.array("f", values).tobytes()).decode()
     return {"object": "embedding", "index": index, "embedding": vector}
 
 
@@ -724,10 +725,10 @@ async def retrieve_model(request: web.Request) -> web.Response:
             return json_response(
                 model_object(model), headers=response_headers(request_id)
             )
-    error = ApiError(
+    missing = ApiError(
         404,
         f"The model '{model_id}' does not exist",
         code="model_not_found",
         param="model",
     )
-    return error_response(request_id, error)
+    return error_response(request_id, missing)

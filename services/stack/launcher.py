@@ -90,7 +90,9 @@ class Service:
         try:
             return process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            logger.error("%s did not stop within %.0f s; killing it", self.name, timeout_s)
+            logger.error(
+                "%s did not stop within %.0f s; killing it", self.name, timeout_s
+            )
             process.kill()
             return process.wait()
 
@@ -173,8 +175,19 @@ class Stack:
         redis_dir.mkdir(parents=True, exist_ok=True)
         service = Service(
             "redis",
-            [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir",
-             str(redis_dir), "--appendonly", "yes", "--save", ""],
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dir",
+                str(redis_dir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ],
             dict(os.environ),
             self.log_dir / "redis.log",
         )
@@ -195,8 +208,15 @@ class Stack:
             )
         service = self._python_service(
             "clickhouse",
-            ["services.chdev", "--data-dir", str(self.data_dir / "clickhouse"),
-             "--host", "127.0.0.1", "--port", str(port)],
+            [
+                "services.chdev",
+                "--data-dir",
+                str(self.data_dir / "clickhouse"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
         )
         assert service.ready_file is not None
         service.argv += ["--ready-file", str(service.ready_file)]
@@ -213,21 +233,25 @@ class Stack:
         options = self.options
         if name == "policy":
             env["TOLLGATE_POLICY_PORT"] = str(
-                self.services["policy"].port if "policy" in self.services
+                self.services["policy"].port
+                if "policy" in self.services
                 else options.policy_port
             )
         elif name == "analytics":
             env["TOLLGATE_ANALYTICS_PORT"] = str(
-                self.services["analytics"].port if "analytics" in self.services
+                self.services["analytics"].port
+                if "analytics" in self.services
                 else options.analytics_port
             )
             env.setdefault(
-                "TOLLGATE_ANALYTICS_SPOOL_DIR", str(self.data_dir / "spool" / "analytics")
+                "TOLLGATE_ANALYTICS_SPOOL_DIR",
+                str(self.data_dir / "spool" / "analytics"),
             )
         elif name == "ingress":
             # A restart binds the port of the process it replaces.
             env["TOLLGATE_INGRESS_PORT"] = str(
-                self.services["ingress"].port if "ingress" in self.services
+                self.services["ingress"].port
+                if "ingress" in self.services
                 else options.ingress_port
             )
             env.setdefault(
@@ -256,7 +280,9 @@ class Stack:
         env["TOLLGATE_INGRESS_ID"] = name
         env.setdefault("TOLLGATE_EVENT_SPOOL_DIR", str(self.data_dir / "spool" / name))
         env["TOLLGATE_POLICY_ADDRESS"] = f"127.0.0.1:{self.services['policy'].port}"
-        env["TOLLGATE_ANALYTICS_ADDRESS"] = f"127.0.0.1:{self.services['analytics'].port}"
+        env["TOLLGATE_ANALYTICS_ADDRESS"] = (
+            f"127.0.0.1:{self.services['analytics'].port}"
+        )
         service = self._python_service(name, ["services.ingress"], env)
         service.start()
         self.services[name] = service
@@ -348,7 +374,9 @@ def _wait_port(host: str, port: int, service: Service) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if service.process is not None and service.process.poll() is not None:
-            raise StackError(f"{service.name} exited during start-up; see {service.log_path}")
+            raise StackError(
+                f"{service.name} exited during start-up; see {service.log_path}"
+            )
         if _port_open(host, port):
             return
         time.sleep(0.05)
@@ -374,4 +402,3 @@ def _install_redis_server() -> str:
     if binary is None:
         raise StackError("redis-server is still missing after apt-get install")
     return binary
-

@@ -1,9 +1,9 @@
 """The demo: ``make demo`` (``python -m services.demo``).
 
 Starts the stack with the provider simulator as the upstream of both
-providers, sends a realistic mix of SDK calls for a handful of users, prints a
-per-user summary queried from ClickHouse, and keeps the stack running so that
-the dashboard shows the calls, until Ctrl-C (or at once with ``--exit``).
+providers and sends a realistic mix of SDK calls for a handful of users. Then
+it prints a per-user summary queried from ClickHouse and keeps the stack
+running for the dashboard until Ctrl-C (or stops at once with ``--exit``).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def print_summary(clickhouse_url: str, run_id: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    # The SDKs' HTTP clients log every request at INFO; the summary says more.
+    # The SDKs' HTTP clients log every request at INFO, which hides the summary.
     for name in ("httpx", "httpx2"):
         logging.getLogger(name).setLevel(logging.WARNING)
     args = parse_args(argv)

@@ -36,7 +36,7 @@ def _headers(
 ) -> dict[str, str]:
     headers = {
         "cf-aig-metadata": orjson.dumps({"user": user, "demo_run": run_id}).decode(),
-        # The simulator answers with this many tokens, for varied usage.
+        # The simulator returns this many output tokens, for varied usage.
         "x-sim-output-tokens": str(output_tokens),
     }
     if fault:

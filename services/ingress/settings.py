@@ -14,7 +14,7 @@ from services.common.env import env_float, env_int
 @dataclass(frozen=True, slots=True)
 class IngressSettings:
     host: str = "127.0.0.1"
-    # 0 binds any free port; the ready file then tells the port.
+    # 0 binds any free port, which the ready file then contains.
     port: int = 8080
     policy_address: str = "127.0.0.1:50051"
     analytics_address: str = "127.0.0.1:50052"

@@ -1,4 +1,4 @@
-"""Who is calling: the user id of a call, from its metadata or provider key."""
+"""Caller identity on open gateways: the user id from metadata or provider key."""
 
 from __future__ import annotations
 

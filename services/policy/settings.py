@@ -15,7 +15,7 @@ from services.policy.provider_keys import KEK_ENV, cipher_from_env
 @dataclass(frozen=True, slots=True)
 class PolicySettings:
     host: str = "127.0.0.1"
-    # 0 binds any free port; the ready file then tells the port.
+    # 0 binds any free port, which the ready file then contains.
     port: int = 50051
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Prefix of every Redis key, so that several deployments (or test runs)

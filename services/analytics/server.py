@@ -17,6 +17,7 @@ from services.analytics.errors import AnalyticsError, status_code_for
 from services.analytics.ingest import IngestBuffer, serve_stream
 from services.analytics.metrics import analytics_metrics
 from services.analytics.sink import ClickHouseSink
+from services.common.grpc_options import SERVER_KEEPALIVE_OPTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def build_server(
     sink: ClickHouseSink, buffer: IngestBuffer, raw_query_max_hours: int = 24
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """Create the gRPC server with the analytics and health services."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=list(SERVER_KEEPALIVE_OPTIONS))
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(
         AnalyticsServicer(sink, buffer, raw_query_max_hours), server
     )

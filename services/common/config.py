@@ -65,7 +65,8 @@ class Gateway:
     # Require a gateway key on every call.
     authenticated: bool = False
     # On a policy failure (Redis down, deadline exceeded): admit the call
-    # ("open") or reject it with 503 ("closed").
+    # ("open", the default without authentication) or reject it with 503
+    # ("closed", always for authenticated gateways).
     fail_mode: str = "open"
     # Per-gateway settings read by later features (cache, limits, loop
     # guard), kept as plain tables and validated by the feature that owns them.
@@ -203,10 +204,18 @@ def _parse_gateway(
     if not isinstance(authenticated, bool):
         problems.append(f"{where}.authenticated: expected true or false")
         authenticated = False
-    fail_mode = entry.get("fail_mode", "open")
+    # Failing open admits calls that nobody authenticated, so a gateway that
+    # requires keys fails closed by default and cannot be set to fail open.
+    fail_mode = entry.get("fail_mode", "closed" if authenticated else "open")
     if fail_mode not in ("open", "closed"):
         problems.append(f'{where}.fail_mode: expected "open" or "closed"')
         fail_mode = "open"
+    if authenticated and fail_mode == "open":
+        problems.append(
+            f"{where}.fail_mode: an authenticated gateway cannot fail open, "
+            "because keys cannot be checked while the policy service is down; "
+            'remove fail_mode or set it to "closed"'
+        )
     extra = {k: v for k, v in entry.items() if k not in ("authenticated", "fail_mode")}
     return Gateway(account_id, gateway_id, authenticated, fail_mode, extra)
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+# Largest TCP port number, for settings that name a port.
+MAX_PORT = 65535
+
 
 def env_int(
     environ: Mapping[str, str],
@@ -12,6 +15,7 @@ def env_int(
     problems: list[str],
     *,
     minimum: int = 0,
+    maximum: int | None = None,
 ) -> int:
     """Return ``environ[name]`` as an int, or ``default`` when unset or empty.
 
@@ -28,6 +32,9 @@ def env_int(
         return default
     if value < minimum:
         problems.append(f"{name}: must be at least {minimum}, got {value}")
+        return default
+    if maximum is not None and value > maximum:
+        problems.append(f"{name}: must be at most {maximum}, got {value}")
         return default
     return value
 

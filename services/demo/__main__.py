@@ -59,9 +59,15 @@ ORDER BY user_id
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.demo")
-    parser.add_argument("--data-dir", default="var/demo")
-    parser.add_argument("--calls-per-user", type=int, default=12)
-    parser.add_argument("--ingress-port", type=int, default=8080)
+    parser.add_argument(
+        "--data-dir", default="var/demo", help="data and log folder (default: var/demo)"
+    )
+    parser.add_argument(
+        "--calls-per-user", type=int, default=12, help="calls per user (default: 12)"
+    )
+    parser.add_argument(
+        "--ingress-port", type=int, default=8080, help="HTTP port (default: 8080)"
+    )
     parser.add_argument(
         "--exit", action="store_true", help="stop the stack after the summary"
     )

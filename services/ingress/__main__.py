@@ -9,6 +9,7 @@ import sys
 
 import uvloop
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from services.common.config import ConfigError, config_path_from_env, load_config
 from services.common.logs import configure_logging
@@ -18,6 +19,36 @@ from services.ingress.app import build_app
 from services.ingress.settings import load_settings
 
 logger = logging.getLogger("services.ingress")
+
+
+class MalformedRequestFilter(logging.Filter):
+    """Log malformed HTTP requests from clients in one WARNING line each.
+
+    aiohttp answers them itself (400 in plain text, before any handler runs)
+    and logs each at ERROR with a traceback, so any client could fill the log
+    with tracebacks. Repeats beyond the first hundred are counted, not logged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        self.count += 1
+        if self.count > 100 and self.count % 1000:
+            return False
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "malformed HTTP request rejected (%d so far): %s"
+        record.args = (
+            self.count,
+            str(error.message).splitlines()[0] if error.message else "",
+        )
+        record.exc_info = None
+        record.exc_text = None
+        return True
 
 
 async def serve() -> None:
@@ -48,6 +79,7 @@ async def serve() -> None:
 
 def main() -> int:
     configure_logging("ingress")
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
     try:
         uvloop.run(serve())
     except ConfigError as exc:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.common.config import ConfigError
-from services.common.env import env_float, env_int
+from services.common.env import MAX_PORT, env_float, env_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> IngressSettings:
     ingress_id = environ.get("TOLLGATE_INGRESS_ID") or socket.gethostname()
     settings = IngressSettings(
         host=environ.get("TOLLGATE_INGRESS_HOST", d.host),
-        port=env_int(environ, "TOLLGATE_INGRESS_PORT", d.port, problems),
+        port=env_int(
+            environ, "TOLLGATE_INGRESS_PORT", d.port, problems, maximum=MAX_PORT
+        ),
         policy_address=environ.get("TOLLGATE_POLICY_ADDRESS", d.policy_address),
         analytics_address=environ.get(
             "TOLLGATE_ANALYTICS_ADDRESS", d.analytics_address

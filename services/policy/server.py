@@ -11,6 +11,7 @@ from grpc_status import rpc_status
 
 from gateway.policy.v1 import policy_pb2, policy_pb2_grpc
 from services.common.config import GatewayConfig
+from services.common.grpc_options import SERVER_KEEPALIVE_OPTIONS
 from services.common.limit_config import load_gateway_limits
 from services.common.logs import request_id_var
 from services.common.metrics_http import MetricsServer, start_metrics_server
@@ -142,6 +143,7 @@ class PolicyServer:
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", 64 << 20),
+                *SERVER_KEEPALIVE_OPTIONS,
             ],
         )
         self.port = 0

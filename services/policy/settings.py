@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.common.config import ConfigError
-from services.common.env import env_bool, env_float, env_int
+from services.common.env import MAX_PORT, env_bool, env_float, env_int
 from services.policy.errors import KeyEncryptionError
 from services.policy.provider_keys import KEK_ENV, cipher_from_env
 
@@ -47,13 +47,18 @@ class PolicySettings:
 def load_settings(environ: Mapping[str, str] = os.environ) -> PolicySettings:
     """Build the settings from the environment, reporting every invalid value."""
     problems: list[str] = []
-    port = env_int(environ, "TOLLGATE_POLICY_PORT", 50051, problems)
+    port = env_int(environ, "TOLLGATE_POLICY_PORT", 50051, problems, maximum=MAX_PORT)
     timeout_ms = env_int(
         environ, "TOLLGATE_POLICY_REDIS_TIMEOUT_MS", 200, problems, minimum=1
     )
     lease_s = env_int(environ, "TOLLGATE_CONCURRENCY_LEASE_S", 900, problems, minimum=1)
     metrics_port = env_int(
-        environ, "TOLLGATE_POLICY_METRICS_PORT", 0, problems, minimum=-1
+        environ,
+        "TOLLGATE_POLICY_METRICS_PORT",
+        0,
+        problems,
+        minimum=-1,
+        maximum=MAX_PORT,
     )
     grace_s = env_float(environ, "TOLLGATE_SHUTDOWN_GRACE_S", 5.0, problems)
     redis_cluster = env_bool(environ, "TOLLGATE_REDIS_CLUSTER", False, problems)

@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from services.common.config import config_path_from_env
+from services.common.config import config_path_from_env, load_config
 from services.stack.launcher import Stack, StackError, StackOptions
 
 logger = logging.getLogger("services.stack")
@@ -23,11 +23,24 @@ logger = logging.getLogger("services.stack")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.stack")
-    parser.add_argument("--data-dir", default="var", help="data and log folder")
-    parser.add_argument("--ingress-port", type=int, default=8080)
-    parser.add_argument("--policy-port", type=int, default=50051)
-    parser.add_argument("--analytics-port", type=int, default=50052)
-    parser.add_argument("--clickhouse-port", type=int, default=8123)
+    parser.add_argument(
+        "--data-dir", default="var", help="data and log folder (default: var)"
+    )
+    parser.add_argument(
+        "--ingress-port", type=int, default=8080, help="HTTP port (default: 8080)"
+    )
+    parser.add_argument(
+        "--policy-port", type=int, default=50051, help="gRPC port (default: 50051)"
+    )
+    parser.add_argument(
+        "--analytics-port", type=int, default=50052, help="gRPC port (default: 50052)"
+    )
+    parser.add_argument(
+        "--clickhouse-port",
+        type=int,
+        default=8123,
+        help="port of the local ClickHouse development server (default: 8123)",
+    )
     return parser.parse_args(argv)
 
 
@@ -44,14 +57,28 @@ def options_from(args: argparse.Namespace) -> StackOptions:
     )
 
 
+def example_gateway(config_path: Path | None) -> str:
+    """Return "account/gateway" of the gateway to show in the printed URLs.
+
+    The default gateway of the short route when it exists, else the first
+    configured one.
+    """
+    config = load_config(config_path)
+    default = (config.default_account_id, config.default_gateway_id)
+    if default in config.gateways:
+        return "/".join(default)
+    return "/".join(next(iter(config.gateways)))
+
+
 def print_urls(stack: Stack) -> None:
     base = stack.ingress_url
+    gateway = example_gateway(stack.options.config_path)
     print(
         f"""
 Tollgate is running.
 
-  Anthropic SDK:  ANTHROPIC_BASE_URL={base}/v1/default/default/anthropic
-  OpenAI SDK:     OPENAI_BASE_URL={base}/v1/default/default/openai/v1
+  Anthropic SDK:  ANTHROPIC_BASE_URL={base}/v1/{gateway}/anthropic
+  OpenAI SDK:     OPENAI_BASE_URL={base}/v1/{gateway}/openai/v1
   Short form:     {base}/anthropic  and  {base}/openai/v1
   Dashboard:      {base}/dashboard/
   Admin token:    {stack.admin_token}

@@ -70,6 +70,19 @@ class RateLimited(GatewayError):
     openai_code = "rate_limit_exceeded"
 
 
+class ClientDisconnected(GatewayError):
+    """The client went away before its request body arrived in full.
+
+    499 is nginx's status for a request the client closed; no response
+    reaches the client, but the call event records it.
+    """
+
+    status = 499
+    anthropic_type = "client_disconnected"
+    openai_type = "client_disconnected"
+    openai_code = "client_disconnected"
+
+
 class UpstreamConnectFailed(GatewayError):
     status = 502
     anthropic_type = "api_error"

@@ -29,6 +29,9 @@ from services.ingress.errors import (
     ServiceUnavailable,
 )
 from services.ingress.fallback_limits import LocalLimiter
+from services.policy.errors import InvalidRequestError
+from services.policy.identity import parse_metadata
+from services.policy.keys import SECRET_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +68,23 @@ def handle_policy_error(
     request: policy_pb2.CheckRequest | None = None,
 ) -> policy_pb2.CheckResponse:
     """Raise the denial that ``exc`` carries, or admit the call degraded."""
+    call.decision = _denied_caller(exc)
     if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
         raise _rate_limited(exc)
     denial = DENIALS.get(exc.code())
     if denial is not None:
         raise denial(exc.details() or "request denied", headers=_retry_headers(exc))
+    if request is not None and request.presented_key.startswith(SECRET_PREFIX):
+        # Without the policy service the key cannot be checked or swapped for
+        # the stored provider key, and it must never reach the provider.
+        logger.error(
+            "policy check failed (%s); a gateway key cannot be checked now",
+            exc.code().name,
+        )
+        raise ServiceUnavailable(
+            "the gateway cannot check gateway keys right now; retry later",
+            headers={"retry-after": "1"},
+        )
 
     global fail_open_count, _fail_open_logged_at, _fail_open_unlogged
     if gateway is not None and gateway.fail_mode == "closed":
@@ -106,14 +121,44 @@ def handle_policy_error(
         _fail_open_logged_at = now
         _fail_open_unlogged = 0
     return policy_pb2.CheckResponse(
-        identity=policy_pb2.Identity(
-            user_id="unknown", source=policy_pb2.IDENTITY_SOURCE_UNSPECIFIED
-        ),
+        identity=_fail_open_identity(request),
         cache=policy_pb2.CacheDecision(status=policy_pb2.CACHE_STATUS_BYPASS),
         collect_log=True,
         collect_payload=True,
         degraded=True,
     )
+
+
+def _fail_open_identity(request: policy_pb2.CheckRequest | None) -> policy_pb2.Identity:
+    """Name the user from cf-aig-metadata, as the policy service would."""
+    header = request.headers.get("cf-aig-metadata", "") if request else ""
+    try:
+        user = parse_metadata(header).get("user", "")
+    except InvalidRequestError:
+        user = ""
+    return policy_pb2.Identity(
+        user_id=user or "unknown",
+        source=policy_pb2.IDENTITY_SOURCE_METADATA
+        if user
+        else policy_pb2.IDENTITY_SOURCE_UNSPECIFIED,
+    )
+
+
+def _denied_caller(exc: grpc.aio.AioRpcError) -> policy_pb2.CheckResponse | None:
+    """Read the caller a denial names (identity, metadata) from its details.
+
+    The policy service attaches them once it knows the caller, so that a
+    denied call is still recorded under its user.
+    """
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(policy_pb2.CheckResponse.DESCRIPTOR):
+            caller = policy_pb2.CheckResponse()
+            detail.Unpack(caller)
+            return caller
+    return None
 
 
 class TokensRateLimited(RateLimited):

@@ -20,6 +20,7 @@ import time
 import aiohttp
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import PayloadEncodingError
 from multidict import CIMultiDict
 
 from gateway.analytics.v1 import analytics_pb2
@@ -30,6 +31,7 @@ from services.ingress.calls import Call, build_event, read_request_facts
 from services.ingress.custom_cost import HEADER as COST_HEADER
 from services.ingress.custom_cost import custom_cost_of, parse_custom_cost
 from services.ingress.errors import (
+    ClientDisconnected,
     GatewayError,
     InvalidRequest,
     RequestTooLarge,
@@ -136,6 +138,7 @@ async def _serve(
 
 
 def _answer_error(call: Call, wire_format: str, exc: GatewayError) -> web.Response:
+    call.client_cancelled = isinstance(exc, ClientDisconnected)
     call.status = exc.status
     call.error_type = error_type_of(exc, wire_format)
     call.error_message = exc.message
@@ -153,11 +156,18 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge(
+                    f"request body exceeds the limit of {limit} bytes"
+                )
+            chunks.append(chunk)
+    except (ConnectionResetError, PayloadEncodingError) as exc:
+        raise ClientDisconnected(
+            f"client closed the connection after {size} bytes of the request body"
+        ) from exc
     return b"".join(chunks)
 
 

@@ -9,7 +9,7 @@ from gateway.policy.v1 import policy_pb2
 from services.common.config import GatewayConfig
 from services.policy import authn, identity
 from services.policy.cache import BYPASS, ResponseCache
-from services.policy.errors import UnknownGatewayError
+from services.policy.errors import PolicyError, UnknownGatewayError
 from services.policy.provider_keys import ProviderKeyCipher
 from services.policy.store import RedisStore
 
@@ -53,27 +53,32 @@ async def check(
         metadata,
     )
 
-    # Limits and the loop guard run before the cache lookup, so that a loop
-    # served from cache is still stopped.
-    admission = None
-    if ctx.limits is not None:
-        admission = await ctx.limits.admit(request, caller.identity)
-    cache = BYPASS
-    if ctx.cache is not None:
-        cache = await ctx.cache.decide(request, caller.identity)
-
     collect_log = request.headers.get("cf-aig-collect-log", "").lower() != "false"
     collect_payload = (
         request.headers.get("cf-aig-collect-log-payload", "").lower() != "false"
     )
     response = policy_pb2.CheckResponse(
         identity=caller.identity,
-        inject_provider_key=caller.inject_provider_key,
-        cache=cache,
         collect_log=collect_log,
         collect_payload=collect_payload,
         metadata=metadata,
     )
+
+    # Limits and the loop guard run before the cache lookup, so that a loop
+    # served from cache is still stopped. A denial carries the caller, so the
+    # ingress records the denied call under its user.
+    admission = None
+    try:
+        if ctx.limits is not None:
+            admission = await ctx.limits.admit(request, caller.identity)
+        cache = BYPASS
+        if ctx.cache is not None:
+            cache = await ctx.cache.decide(request, caller.identity)
+    except PolicyError as exc:
+        exc.caller = response
+        raise
+    response.cache.CopyFrom(cache)
+    response.inject_provider_key = caller.inject_provider_key
     if admission is not None:
         if admission.tightest_limit is not None:
             response.tightest_limit.CopyFrom(admission.tightest_limit)

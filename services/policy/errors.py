@@ -14,11 +14,17 @@ PolicyError
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 
 class PolicyError(Exception):
     """Base of the errors the policy service turns into gRPC statuses."""
+
+    # The caller's identity and metadata, once known: sent with the denial as
+    # a status detail so that the denied call is recorded under its user.
+    caller: Any = None
 
 
 class UnknownGatewayError(PolicyError):

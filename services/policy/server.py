@@ -6,6 +6,8 @@ import logging
 import secrets
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
@@ -41,6 +43,21 @@ SERVICE_NAMES = (
 )
 
 
+def denial_status(error: PolicyError) -> status_pb2.Status:
+    """Build the google.rpc.Status of a denied Check, with the caller attached."""
+    if isinstance(error, LimitExceededError):
+        status = rich_status(error)
+    else:
+        status = status_pb2.Status(
+            code=status_code_for(error).value[0], message=str(error)
+        )
+    if error.caller is not None:
+        caller = any_pb2.Any()
+        caller.Pack(error.caller)
+        status.details.append(caller)
+    return status
+
+
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     def __init__(self, ctx: PolicyContext) -> None:
         self.ctx = ctx
@@ -51,11 +68,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         request_id_var.set(request.request_id or "-")
         try:
             return await check(self.ctx, request)
-        except LimitExceededError as exc:
-            await context.abort_with_status(rpc_status.to_status(rich_status(exc)))
-            raise  # unreachable: abort raises
         except PolicyError as exc:
-            await context.abort(status_code_for(exc), str(exc))
+            await context.abort_with_status(rpc_status.to_status(denial_status(exc)))
             raise  # unreachable: abort raises
 
     async def Settle(

@@ -53,7 +53,9 @@ class Answer:
         return orjson.loads(self.body)
 
 
-def _call(stack: RunningStack, gateway: str, user: str) -> Answer:
+def _call(
+    stack: RunningStack, gateway: str, user: str, api_key: str = "sk-ant-test"
+) -> Answer:
     request = urllib.request.Request(
         f"{stack.anthropic_base_url('fm', gateway)}/v1/messages",
         data=orjson.dumps(
@@ -65,7 +67,7 @@ def _call(stack: RunningStack, gateway: str, user: str) -> Answer:
         ),
         headers={
             "content-type": "application/json",
-            "x-api-key": "sk-ant-test",
+            "x-api-key": api_key,
             "anthropic-version": "2023-06-01",
             "cf-aig-metadata": orjson.dumps({"user": user}).decode(),
         },
@@ -100,6 +102,14 @@ def test_fail_open_and_closed_with_redis_down(fstack: RunningStack) -> None:
         # Fail-open admits, within the local per-replica bound of 3 per user.
         statuses = [_call(fstack, "open", "down").status_code for _ in range(5)]
         assert statuses == [200, 200, 200, 429, 429]
+
+        # A gateway key cannot be checked now and must not reach the provider.
+        forwarded_before = fstack.simulator_total()
+        gateway_key = "tg_" + "k" * 43
+        with_key = _call(fstack, "open", "keyed", api_key=gateway_key)
+        assert with_key.status_code == 503
+        assert "gateway keys" in with_key.json()["error"]["message"]
+        assert fstack.simulator_total() == forwarded_before
     finally:
         redis.start()
     _wait_redis_back(fstack)

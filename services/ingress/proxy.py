@@ -417,13 +417,14 @@ def _finish_outcome(
 def _record(state: IngressState, call: Call) -> None:
     if not call.end_ns:
         call.end_ns = time.monotonic_ns()
+    # Settle charges the custom cost too, also for a call that is not logged.
+    if call.custom_cost is not None:
+        call.custom_cost_usd_micros = custom_cost_of(call.custom_cost, call.outcome)
     decision = call.decision
     if decision is not None and not decision.collect_log:
         return
     if call.cache_status == analytics_pb2.CACHE_STATUS_UNSPECIFIED:
         call.cache_status = analytics_pb2.CACHE_STATUS_BYPASS
-    if call.custom_cost is not None:
-        call.custom_cost_usd_micros = custom_cost_of(call.custom_cost, call.outcome)
     event = build_event(
         call,
         ingress_id=state.settings.ingress_id,

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.dashboard.support import expected_usage, new_user, send_calls, user_cookie
-from tests.support.stack import RunningStack
+from gateway.policy.v1 import policy_pb2, policy_pb2_grpc
+from tests.dashboard.support import expected_usage, new_user, send_calls
+from tests.support.stack import RunningStack, admin_channel
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -96,18 +97,22 @@ def _open_dashboard(driver, stack: RunningStack, query: str = "") -> None:  # ty
 
 
 def _sign_in_as_user(driver, stack: RunningStack, user_id: str) -> None:  # type: ignore[no-untyped-def]
-    # NOTE: until the policy service implements AuthenticateKey, the browser
-    # gets the signed cookie a gateway-key sign-in would set.
+    """Sign in through the form with a gateway key issued for ``user_id``."""
+    from selenium.webdriver.common.by import By
+
+    with admin_channel(stack.stack.policy_address) as channel:
+        admin = policy_pb2_grpc.PolicyAdminServiceStub(channel)
+        issued = admin.CreateKey(
+            policy_pb2.CreateKeyRequest(user_id=user_id), timeout=5
+        )
     driver.delete_all_cookies()
     driver.get(f"{stack.ingress_url}/dashboard/login")
-    driver.add_cookie(
-        {
-            "name": "tollgate_session",
-            "value": user_cookie(stack, user_id),
-            "path": "/dashboard/",
-            "httpOnly": True,
-            "sameSite": "Strict",
-        }
+    driver.find_element(By.ID, "gateway-key").send_keys(issued.secret)
+    driver.find_element(By.ID, "gateway-key-submit").click()
+    _wait(
+        driver,
+        lambda d: d.execute_script("return document.body.dataset.loaded") == "1",
+        "gateway-key sign-in did not load the dashboard",
     )
 
 

@@ -39,7 +39,11 @@ def parse_route(raw_path: str, config: GatewayConfig) -> Route:
     """
     path = raw_path.split("?", 1)[0]
     segments = path.split("/")[1:]
-    if len(segments) >= 4 and segments[0] == "v1":
+    if segments and segments[0] == "v1":
+        if len(segments) < 4 or not segments[3]:
+            raise NotFound(
+                "not found: use /v1/{account_id}/{gateway_id}/{provider}/..."
+            )
         account_id, gateway_id, provider = segments[1], segments[2], segments[3]
         rest = segments[4:]
     elif segments and segments[0]:

@@ -42,6 +42,11 @@ def parse_metadata(header: str) -> dict[str, str]:
                 "string, number or boolean"
             )
         text = entry if isinstance(entry, str) else orjson.dumps(entry).decode()
+        if any(ord(char) < 0x20 for char in str(key) + text):
+            raise InvalidRequestError(
+                f"invalid cf-aig-metadata header: entry {key!r} contains a "
+                "control character"
+            )
         metadata[str(key)] = text[:MAX_METADATA_VALUE_CHARS]
     return metadata
 

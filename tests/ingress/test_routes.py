@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.common.config import parse_config
-from services.ingress.errors import InvalidRequest
+from services.ingress.errors import InvalidRequest, NotFound
 from services.ingress.routes import parse_route, upstream_url
 
 CONFIG = parse_config(
@@ -71,3 +71,22 @@ def test_upstream_url_rejects_other_host_or_prefix(path: str) -> None:
 def test_upstream_url_rejects_host_change_without_prefix(path: str) -> None:
     with pytest.raises(InvalidRequest):
         upstream_url("http://127.0.0.1:9", path, "")
+
+
+@pytest.mark.parametrize("path", ["/v1", "/v1/acme", "/v1/acme/open", "/v1/acme/open/"])
+def test_parse_route_short_v1_path_not_found(path: str) -> None:
+    with pytest.raises(NotFound, match=r"/v1/\{account_id\}"):
+        parse_route(path, CONFIG)
+
+
+def test_parse_route_long_and_short_forms() -> None:
+    long_form = parse_route("/v1/acme/open/anthropic/v1/messages", CONFIG)
+    unknown = CONFIG.gateway("default", "default")
+
+    assert long_form.account_id == "acme"
+    assert long_form.gateway_id == "open"
+    assert long_form.provider == "anthropic"
+    assert long_form.path == "/v1/messages"
+    assert unknown is None
+    with pytest.raises(NotFound, match="gateway default/default not found"):
+        parse_route("/anthropic/v1/messages", CONFIG)

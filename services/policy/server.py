@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import AsyncIterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,6 +21,7 @@ from services.policy.admin import AdminTokenInterceptor, PolicyAdminServicer
 from services.policy.cache import ResponseCache
 from services.policy.cache_rules import load_gateway_cache_configs
 from services.policy.check import PolicyContext, check
+from services.policy.check_stream import CheckStreamHandler
 from services.policy.errors import LimitExceededError, PolicyError, status_code_for
 from services.policy.limit_decisions import LimitEngine, rich_status
 from services.policy.limit_store import LimitStore
@@ -36,8 +38,11 @@ SERVICE_NAMES = (
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
-    def __init__(self, ctx: PolicyContext) -> None:
+    def __init__(
+        self, ctx: PolicyContext, metrics: PolicyMetrics | None = None
+    ) -> None:
         self.ctx = ctx
+        self.metrics = metrics
 
     async def Check(
         self, request: policy_pb2.CheckRequest, context: grpc.aio.ServicerContext
@@ -63,6 +68,21 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         except PolicyError as exc:
             await context.abort(status_code_for(exc), str(exc))
         return policy_pb2.SettleResponse()
+
+    async def CheckStream(
+        self,
+        request_iterator: AsyncIterator[policy_pb2.CheckStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[policy_pb2.CheckStreamResponse]:
+        handler = CheckStreamHandler(
+            lambda request: check(self.ctx, request), self._settle, self.metrics
+        )
+        async for response in handler.serve(request_iterator):
+            yield response
+
+    async def _settle(self, request: policy_pb2.SettleRequest) -> None:
+        if self.ctx.limits is not None and request.reservation_id:
+            await self.ctx.limits.settle(request)
 
     async def StoreCacheEntry(
         self,
@@ -164,7 +184,7 @@ class PolicyServer:
             provider_key_cipher=cipher,
         )
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(
-            PolicyServicer(ctx), self.server
+            PolicyServicer(ctx, self.metrics), self.server
         )
         policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server(
             PolicyAdminServicer(ctx), self.server

@@ -32,7 +32,9 @@ class IngressSettings:
     # Call events held in memory while the analytics service is slow or down.
     event_queue_max: int = 100_000
     event_batch_max: int = 256
-    event_flush_interval_ms: int = 50
+    # One Ingest message per interval at low rates: each message wakes the
+    # analytics service, and each of its flushes costs two ClickHouse queries.
+    event_flush_interval_ms: int = 200
     # Directory of the call event spool (see docs/durability.md); empty
     # turns the spool off. Default: <TOLLGATE_DATA_DIR>/spool/ingress-<id>.
     event_spool_dir: str = ""

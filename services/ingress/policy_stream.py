@@ -5,7 +5,7 @@ CPU of one message each way on an open stream, so the ingress keeps one
 stream open and multiplexes every Check and Settle over it by item id. Items
 queued while a message is being written go out together in the next one.
 
-Decisions (see docs/performance.md):
+Decisions (also in docs/performance.md):
 
 - Deadline: each Check waits at most the policy timeout for its result; on
   timeout it fails with DEADLINE_EXCEEDED, which the gateway's fail mode
@@ -19,7 +19,9 @@ Decisions (see docs/performance.md):
   server do. They are not retried: the service may already have reserved
   their limits. While the stream is down (until it reconnects, with
   backoff), :meth:`PolicyClient.check` uses the unary Check instead.
-- Settle is fire and forget on the stream. Settles still queued when it
+- Settle is fire and forget on the stream, and not urgent: a Settle waits
+  up to ``SETTLE_DELAY_S`` to ride along with the next Check, so that at low
+  rates a call costs one message each way, not two. Settles still queued when it
   breaks are handed back to be sent as unary calls. NOTE: a Settle written
   just before the break may be lost; the reservation then stays counted
   until its window ends and the concurrency lease expires, as with a lost
@@ -42,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 RECONNECT_MIN_S = 0.05
 RECONNECT_MAX_S = 2.0
+# Longest wait of a queued Settle for a Check to share its message.
+SETTLE_DELAY_S = 0.05
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -85,6 +89,7 @@ class PolicyStream:
         self._flushed.set()
         self._next_id = 0
         self._task: asyncio.Task[None] | None = None
+        self._settle_timer: asyncio.TimerHandle | None = None
 
     @property
     def is_open(self) -> bool:
@@ -96,6 +101,7 @@ class PolicyStream:
     async def close(self, timeout_s: float) -> None:
         """Send what is queued (at most ``timeout_s``), then end the stream."""
         if self._call is not None and self._outbox:
+            self._wake.set()
             try:
                 await asyncio.wait_for(self._flushed.wait(), timeout_s)
             except TimeoutError:
@@ -136,7 +142,12 @@ class PolicyStream:
         """Queue a Settle on the stream; False when it is down."""
         if self._call is None:
             return False
-        self._queue(policy_pb2.CheckStreamItem(settle=request))
+        self._outbox.append(policy_pb2.CheckStreamItem(settle=request))
+        self._flushed.clear()
+        if self._settle_timer is None:
+            self._settle_timer = asyncio.get_running_loop().call_later(
+                SETTLE_DELAY_S, self._wake.set
+            )
         return True
 
     # ------------------------------------------------------------ internals
@@ -188,7 +199,13 @@ class PolicyStream:
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
         while True:
             await self._wake.wait()
+            # Let the other calls of this loop iteration queue their items,
+            # so that they share the message.
+            await asyncio.sleep(0)
             self._wake.clear()
+            if self._settle_timer is not None:
+                self._settle_timer.cancel()
+                self._settle_timer = None
             if not self._outbox:
                 self._flushed.set()
                 continue
@@ -206,6 +223,9 @@ class PolicyStream:
                 future.set_exception(error)
         items, self._outbox = self._outbox, []
         self._flushed.set()
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
         for item in items:
             if item.WhichOneof("kind") == "settle":
                 self._resend_settle(item.settle)

@@ -64,6 +64,9 @@ class CheckStreamHandler:
         try:
             while True:
                 await self._ready.wait()
+                # Let the other items that finish in this loop iteration
+                # join the message.
+                await asyncio.sleep(0)
                 self._ready.clear()
                 if self._results:
                     results, self._results = self._results, []

@@ -1,8 +1,8 @@
 """Check and Settle on one long-lived ``PolicyService.CheckStream``.
 
 A unary gRPC call costs the ingress and the policy service about twice the
-CPU of one message each way on an open stream, so the ingress keeps one
-stream open and multiplexes every Check and Settle over it by item id. Items
+CPU of one message each way on an open stream. The ingress therefore keeps
+one stream open and multiplexes every Check and Settle over it by item id. Items
 queued while a message is being written go out together in the next one.
 
 Decisions (also in docs/performance.md):
@@ -44,14 +44,14 @@ logger = logging.getLogger(__name__)
 
 RECONNECT_MIN_S = 0.05
 RECONNECT_MAX_S = 2.0
-# Longest wait of a queued Settle for a Check to share its message.
+# Maximum wait of a queued Settle for a Check to share its message.
 SETTLE_DELAY_S = 0.05
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def status_error(status_bytes: bytes) -> grpc.aio.AioRpcError:
-    """The AioRpcError a unary Check ends with, rebuilt from its google.rpc.Status."""
+    """Rebuild the AioRpcError of a unary Check from its google.rpc.Status."""
     status = status_pb2.Status.FromString(status_bytes)
     code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
     return grpc.aio.AioRpcError(
@@ -106,7 +106,7 @@ class PolicyStream:
                 await asyncio.wait_for(self._flushed.wait(), timeout_s)
             except TimeoutError:
                 logger.warning(
-                    "policy stream closed with %d items unsent", len(self._outbox)
+                    "policy stream closed with %d items not sent", len(self._outbox)
                 )
         if self._task is not None:
             self._task.cancel()

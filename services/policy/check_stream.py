@@ -3,7 +3,7 @@
 A unary gRPC call costs about twice the CPU of one message each way on an
 open stream, and the ingress makes one Check and one Settle per call. On
 CheckStream each item runs in its own task, as a unary call would, and its
-result goes back as soon as it is ready; results that are ready together
+result goes back as soon as it is ready. Results that are ready together
 share one message. A denial travels as the serialized ``google.rpc.Status``
 (code, message, details) that the unary Check would have ended with, so the
 ingress maps both paths through the same table.
@@ -32,7 +32,7 @@ SettleFn = Callable[[policy_pb2.SettleRequest], Awaitable[None]]
 
 
 def error_status(exc: Exception) -> status_pb2.Status:
-    """The google.rpc.Status that the unary Check ends with for ``exc``."""
+    """Return the google.rpc.Status that the unary Check ends with for ``exc``."""
     if isinstance(exc, LimitExceededError):
         return rich_status(exc)
     if isinstance(exc, PolicyError):

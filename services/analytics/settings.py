@@ -89,7 +89,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
             "TOLLGATE_ANALYTICS_BATCH_MAX_EVENTS", 1000, 1, 1_000_000
         ),
         flush_interval_ms=integer(
-            "TOLLGATE_ANALYTICS_FLUSH_INTERVAL_MS", 200, 1, 600_000
+            "TOLLGATE_ANALYTICS_FLUSH_INTERVAL_MS", 1000, 1, 600_000
         ),
         buffer_max_events=integer(
             "TOLLGATE_ANALYTICS_BUFFER_MAX_EVENTS", 100_000, 1, 100_000_000

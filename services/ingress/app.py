@@ -57,6 +57,7 @@ def build_app(
         policy = PolicyClient(
             settings.policy_address, timeout_ms=settings.policy_timeout_ms
         )
+        policy.start()
         events = EventSender(
             settings.analytics_address,
             queue_max=settings.event_queue_max,

@@ -62,7 +62,7 @@ class EventSender:
         batch_max: int,
         flush_interval_ms: int,
         spool: Spool | None = None,
-        spool_fsync_interval_ms: int = 200,
+        spool_fsync_interval_ms: int = 1000,
     ) -> None:
         self.address = address
         self.queue_max = queue_max

@@ -32,7 +32,9 @@ class IngressSettings:
     # Call events held in memory while the analytics service is slow or down.
     event_queue_max: int = 100_000
     event_batch_max: int = 256
-    event_flush_interval_ms: int = 50
+    # One Ingest message per interval at low rates: each message wakes the
+    # analytics service, and each of its flushes costs two ClickHouse queries.
+    event_flush_interval_ms: int = 200
     # Directory of the call event spool (see docs/durability.md); empty
     # turns the spool off. Default: <TOLLGATE_DATA_DIR>/spool/ingress-<id>.
     event_spool_dir: str = ""
@@ -40,7 +42,9 @@ class IngressSettings:
     # dropped (logged and counted).
     event_spool_max_bytes: int = 1 << 30
     # Interval between fsyncs of the spool, in milliseconds.
-    event_spool_fsync_interval_ms: int = 200
+    # 1 s, as Redis appendfsync everysec: each fsync is a worker-thread hop
+    # and a disk flush, 5 per second at 200 ms.
+    event_spool_fsync_interval_ms: int = 1000
     # Seconds a SIGTERM waits for in-flight calls and unsent events.
     shutdown_grace_s: float = 10.0
     # Name of this replica, stored with each call event.

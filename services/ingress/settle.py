@@ -67,6 +67,8 @@ def schedule_settle(
     request = settle_request(call)
     if request is None:
         return
+    if policy.stream.settle(request):
+        return  # queued on the open CheckStream, no task needed
     task = asyncio.create_task(_settle(policy, request))
     tasks.add(task)
     task.add_done_callback(tasks.discard)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
@@ -23,13 +22,13 @@ from services.policy.admin import AdminTokenInterceptor, PolicyAdminServicer
 from services.policy.cache import ResponseCache
 from services.policy.cache_rules import load_gateway_cache_configs
 from services.policy.check import PolicyContext, check
+from services.policy.check_stream import CheckStreamHandler, error_status
 from services.policy.errors import (
-    LimitExceededError,
     PolicyError,
     StoreUnavailableError,
     status_code_for,
 )
-from services.policy.limit_decisions import LimitEngine, rich_status
+from services.policy.limit_decisions import LimitEngine
 from services.policy.limit_store import LimitStore
 from services.policy.metrics import MetricsInterceptor, PolicyMetrics
 from services.policy.settings import PolicySettings
@@ -43,24 +42,12 @@ SERVICE_NAMES = (
 )
 
 
-def denial_status(error: PolicyError) -> status_pb2.Status:
-    """Build the google.rpc.Status of a denied Check, with the caller attached."""
-    if isinstance(error, LimitExceededError):
-        status = rich_status(error)
-    else:
-        status = status_pb2.Status(
-            code=status_code_for(error).value[0], message=str(error)
-        )
-    if error.caller is not None:
-        caller = any_pb2.Any()
-        caller.Pack(error.caller)
-        status.details.append(caller)
-    return status
-
-
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
-    def __init__(self, ctx: PolicyContext) -> None:
+    def __init__(
+        self, ctx: PolicyContext, metrics: PolicyMetrics | None = None
+    ) -> None:
         self.ctx = ctx
+        self.metrics = metrics
 
     async def Check(
         self, request: policy_pb2.CheckRequest, context: grpc.aio.ServicerContext
@@ -69,7 +56,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         try:
             return await check(self.ctx, request)
         except PolicyError as exc:
-            await context.abort_with_status(rpc_status.to_status(denial_status(exc)))
+            await context.abort_with_status(rpc_status.to_status(error_status(exc)))
             raise  # unreachable: abort raises
 
     async def Settle(
@@ -83,6 +70,21 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         except PolicyError as exc:
             await context.abort(status_code_for(exc), str(exc))
         return policy_pb2.SettleResponse()
+
+    async def CheckStream(
+        self,
+        request_iterator: AsyncIterator[policy_pb2.CheckStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[policy_pb2.CheckStreamResponse]:
+        handler = CheckStreamHandler(
+            lambda request: check(self.ctx, request), self._settle, self.metrics
+        )
+        async for response in handler.serve(request_iterator):
+            yield response
+
+    async def _settle(self, request: policy_pb2.SettleRequest) -> None:
+        if self.ctx.limits is not None and request.reservation_id:
+            await self.ctx.limits.settle(request)
 
     async def StoreCacheEntry(
         self,
@@ -187,7 +189,7 @@ class PolicyServer:
             provider_key_cipher=cipher,
         )
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(
-            PolicyServicer(ctx), self.server
+            PolicyServicer(ctx, self.metrics), self.server
         )
         policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server(
             PolicyAdminServicer(ctx), self.server

@@ -35,7 +35,7 @@ def test_settings_defaults() -> None:
     assert settings.host == "127.0.0.1"
     assert settings.port == 50052
     assert settings.batch_max_events == 1000
-    assert settings.flush_interval_ms == 200
+    assert settings.flush_interval_ms == 1000
     assert settings.payload_retention_days == 30
     assert settings.call_retention_days == 395
     assert settings.ready_file is None

@@ -7,7 +7,10 @@ import logging
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from services.common import redaction
 from services.common.logs import JsonFormatter, RedactionFilter
 from services.common.redaction import (
     REDACTED,
@@ -139,3 +142,31 @@ def test_log_filter_scrubs_tracebacks() -> None:
     entry = orjson.loads(stream.getvalue())
     assert PROVIDER_KEY not in stream.getvalue()
     assert "ValueError" in entry["exc_info"]
+
+
+MARKER_TEXT = st.lists(
+    st.sampled_from(
+        list('ab \n",:=_-<x')
+        + ["sk-", "tg_", "Bearer ", "x-api-key", '"authorization"', "Cookie"]
+        + ["0123456789abcdefghij"]
+    ),
+    max_size=40,
+).map("".join)
+
+
+@given(MARKER_TEXT)
+def test_redact_text_matches_the_full_pattern(text: str) -> None:
+    # Matching only next to the markers gives what the full pattern gives.
+    expected = redaction._TEXT_PATTERN.sub(redaction._replace_text, text)
+
+    assert redact_text(text) == expected
+    assert redact_bytes(text.encode()) == expected.encode()
+
+
+def test_redact_bytes_large_body_with_a_marker_word() -> None:
+    body = b"x" * (1 << 20) + b' "authorization": "Bearer abcdefghijk" ' + b"y" * 100
+
+    redacted = redact_bytes(body)
+
+    assert b"abcdefghijk" not in redacted
+    assert redacted.startswith(b"x" * (1 << 20))

@@ -19,10 +19,12 @@ from grpc_status import rpc_status
 
 from gateway.policy.v1 import policy_pb2
 from services.common.config import parse_config
+from services.ingress.calls import Call
 from services.ingress.errors import RateLimited
 from services.ingress.policy_client import PolicyClient
 from services.ingress.policy_outcomes import handle_policy_error
 from services.ingress.policy_stream import status_error
+from services.ingress.routes import Route
 from services.policy.server import PolicyServer
 from services.policy.settings import PolicySettings
 
@@ -144,9 +146,17 @@ async def test_stream_limit_denial_keeps_quota_details(client: PolicyClient) -> 
     assert denied.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     status = rpc_status.from_call(denied.value)  # type: ignore[arg-type]
     assert status is not None and status.details
-    gateway = parse_config(tomllib.loads(CONFIG), environ={}).gateway("acme", "tight")
+    config = parse_config(tomllib.loads(CONFIG), environ={})
+    gateway = config.gateway("acme", "tight")
+    call = Call.begin(
+        Route("acme", "tight", "anthropic", "/v1/messages"),
+        config.providers["anthropic"],
+        "POST",
+    )
     with pytest.raises(RateLimited) as mapped:
-        handle_policy_error(denied.value, gateway, None)  # type: ignore[arg-type]
+        handle_policy_error(denied.value, gateway, call)
+    assert call.decision is not None
+    assert call.decision.identity.user_id.startswith("key:")
     assert mapped.value.status == 429
     assert mapped.value.headers["ratelimit-remaining"] == "0"
     assert int(mapped.value.headers["retry-after"]) >= 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 # The ingress and the dashboard ping their channels every 30 s
 # (grpc.keepalive_time_ms), so that a dead peer is noticed on a long-lived
 # stream. gRPC servers accept pings on a connection without data only every 5
-# minutes by default and answer more frequent ones with GOAWAY
-# "too_many_pings", so the servers allow one every 20 s.
+# minutes by default and close the connection on more frequent ones (GOAWAY
+# "too_many_pings"), so the servers allow one every 20 s.
 SERVER_KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
+from urllib.parse import unquote
 
 import aiohttp
 import grpc
@@ -81,6 +83,8 @@ RESPONSE_NOT_FORWARDED = HOP_BY_HOP | {
     "content-encoding",
     "set-cookie",
 }
+# A gateway key: "tg_" and 43 URL-safe characters (32 random bytes).
+GATEWAY_KEY_PATTERN = re.compile(r"tg_[A-Za-z0-9_-]{43}")
 UPSTREAM_REQUEST_ID_HEADERS = ("request-id", "x-request-id")
 
 
@@ -112,6 +116,8 @@ async def _serve(
     request: web.Request, state: IngressState, call: Call
 ) -> web.StreamResponse:
     wire_format = call.provider.format
+    if state.settings.admin_token:
+        call.secrets += (state.settings.admin_token,)
     try:
         call.request_body = await _read_body(request, state.settings.max_body_bytes)
         call.facts = read_request_facts(
@@ -203,7 +209,7 @@ async def _check(
     request: web.Request, state: IngressState, call: Call
 ) -> policy_pb2.CheckResponse:
     gateway_key, presented_key = _gateway_key(request), _presented_key(request)
-    call.secrets = (gateway_key, presented_key)
+    call.secrets += (gateway_key, presented_key)
     check_request = policy_pb2.CheckRequest(
         request_id=call.request_id,
         account_id=call.route.account_id,
@@ -220,6 +226,7 @@ async def _check(
         presented_key=presented_key,
         max_tokens=call.facts.max_tokens,
         body_bytes=len(call.request_body),
+        deadline_ms=time.time_ns() // 1_000_000 + state.settings.policy_timeout_ms,
     )
     try:
         decision = await state.policy.check(check_request)
@@ -252,7 +259,29 @@ def _upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:
         else:
             headers.popall("x-api-key", None)
             headers["Authorization"] = f"Bearer {key}"
+    _reject_gateway_keys(headers, request.query_string)
     return headers
+
+
+def _reject_gateway_keys(headers: CIMultiDict[str], query: str) -> None:
+    """Refuse to forward a gateway key in any header or the query string.
+
+    The policy service swaps or rejects a gateway key sent as the SDK's own
+    key; one anywhere else (Azure's ``api-key``, ``x-goog-api-key``,
+    ``?key=``) would otherwise reach the provider.
+    """
+    for name, value in headers.items():
+        if GATEWAY_KEY_PATTERN.search(value):
+            raise InvalidRequest(
+                f"a gateway key was sent in the {name} header; gateway keys "
+                "are never forwarded to providers: send it as "
+                "cf-aig-authorization: Bearer <key>"
+            )
+    if GATEWAY_KEY_PATTERN.search(unquote(query)):
+        raise InvalidRequest(
+            "a gateway key was sent in the query string; gateway keys are never "
+            "forwarded to providers: send it as cf-aig-authorization: Bearer <key>"
+        )
 
 
 def _request_timeout(

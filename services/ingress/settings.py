@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.config import ConfigError
 from services.common.env import MAX_PORT, env_float, env_int
@@ -50,6 +50,8 @@ class IngressSettings:
     # Name of this replica, stored with each call event.
     ingress_id: str = ""
     ready_file: str = ""
+    # The admin token, removed from every stored payload like a provider key.
+    admin_token: str = field(default="", repr=False)
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> IngressSettings:
@@ -135,6 +137,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> IngressSettings:
             minimum=1,
         ),
         ready_file=environ.get("TOLLGATE_READY_FILE", ""),
+        admin_token=environ.get("TOLLGATE_ADMIN_TOKEN", ""),
     )
     if problems:
         raise ConfigError(problems)

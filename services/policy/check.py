@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -9,12 +10,22 @@ from gateway.policy.v1 import policy_pb2
 from services.common.config import GatewayConfig
 from services.policy import authn, identity
 from services.policy.cache import BYPASS, ResponseCache
-from services.policy.errors import PolicyError, UnknownGatewayError
+from services.policy.errors import (
+    DeadlineExpiredError,
+    PolicyError,
+    UnknownGatewayError,
+)
 from services.policy.provider_keys import ProviderKeyCipher
 from services.policy.store import RedisStore
 
 if TYPE_CHECKING:
     from services.policy.limit_decisions import LimitEngine
+
+
+# A decision that arrives this long after the ingress's deadline is skipped.
+# The slack covers clock differences between hosts (NTP keeps them within
+# milliseconds); a stalled policy process falls behind by far more.
+DEADLINE_SLACK_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +48,12 @@ async def check(
     ctx: PolicyContext, request: policy_pb2.CheckRequest
 ) -> policy_pb2.CheckResponse:
     """Decide on one call. Raises a PolicyError subclass to deny it."""
+    if request.deadline_ms and time.time_ns() // 1_000_000 > (
+        request.deadline_ms + DEADLINE_SLACK_MS
+    ):
+        raise DeadlineExpiredError(
+            "the ingress stopped waiting for this decision; nothing was reserved"
+        )
     gateway = ctx.config.gateway(request.account_id, request.gateway_id)
     if gateway is None:
         raise UnknownGatewayError(

@@ -8,6 +8,7 @@ PolicyError
 ├── KeyNotFoundError          NOT_FOUND (admin RPC on an unknown key)
 ├── KeyEncryptionError        FAILED_PRECONDITION (stored keys without a usable
 │                             key-encryption key)
+├── DeadlineExpiredError      DEADLINE_EXCEEDED (the ingress stopped waiting)
 ├── StoreUnavailableError     UNAVAILABLE (Redis failed or timed out)
 └── LimitExceededError        RESOURCE_EXHAUSTED (a limit or the loop guard)
 """
@@ -51,6 +52,10 @@ class KeyEncryptionError(PolicyError):
     pass
 
 
+class DeadlineExpiredError(PolicyError):
+    pass
+
+
 class StoreUnavailableError(PolicyError):
     pass
 
@@ -63,6 +68,7 @@ STATUS_CODES: dict[type[PolicyError], grpc.StatusCode] = {
     KeyNotFoundError: grpc.StatusCode.NOT_FOUND,
     KeyEncryptionError: grpc.StatusCode.FAILED_PRECONDITION,
     StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExpiredError: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

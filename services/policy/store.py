@@ -14,12 +14,22 @@ from redis.exceptions import RedisError
 
 from services.policy.errors import StoreUnavailableError
 
+# Redis connections per policy process; redis-py's own default is 100 and
+# raises MaxConnectionsError past it.
+DEFAULT_MAX_CONNECTIONS = 256
+
 
 class RedisStore:
     """One pooled Redis client plus the key builder every feature uses."""
 
     def __init__(
-        self, url: str, *, prefix: str, timeout_ms: int, cluster: bool = False
+        self,
+        url: str,
+        *,
+        prefix: str,
+        timeout_ms: int,
+        cluster: bool = False,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         timeout_s = timeout_ms / 1000
         options: dict[str, Any] = {
@@ -28,11 +38,23 @@ class RedisStore:
         }
         # RedisCluster speaks the same commands; the hash tag in every key
         # keeps the keys of one decision in one slot.
-        self.client: redis.Redis | redis.RedisCluster = (
-            redis.RedisCluster.from_url(url, **options)
-            if cluster
-            else redis.Redis.from_url(url, health_check_interval=10, **options)
-        )
+        self.client: redis.Redis | redis.RedisCluster
+        if cluster:
+            self.client = redis.RedisCluster.from_url(
+                url, max_connections=max_connections, **options
+            )
+        else:
+            # A burst past the pool size waits for a free connection (up to
+            # the command timeout) instead of failing, which would admit the
+            # call by the fail mode and skip its limits.
+            pool = redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=timeout_s,
+                health_check_interval=10,
+                **options,
+            )
+            self.client = redis.Redis.from_pool(pool)
         self.prefix = prefix
 
     def key(self, account_id: str, gateway_id: str, *parts: str) -> str:

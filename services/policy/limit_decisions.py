@@ -3,7 +3,7 @@
 One Check makes one Redis round trip for limits: one run of the check script
 over every applicable limit at once (all or nothing). The runtime limits and
 loop-guard overrides it applies are kept in the process and checked against
-the gateway's rules version inside that script (``rule_version``); they are
+the gateway's rules version inside that script (``rule_version``). They are
 read again (one more trip) only when they changed or are older than a second.
 
 Settle makes one round trip when it reaches the process that admitted the
@@ -49,7 +49,8 @@ UNPRICED_LOG_INTERVAL_S = 60.0
 RECORD_GRACE_MS = 60_000
 # Reservations whose metadata the process remembers for a one-trip Settle.
 # NOTE: a reservation never settled (its Settle was lost) stays remembered
-# until it is among the oldest past this count; it costs about 300 bytes.
+# until it is among the oldest past this count (about 300 bytes each, an
+# estimate).
 PENDING_RESERVATIONS_MAX = 65_536
 SETTLED = 1
 SETTLE_MISMATCH = 2

@@ -53,7 +53,7 @@ return removed
 """
 
 # The Lua lines that start a decision script: with KEYS[<n>] the version key
-# and ARGV[#ARGV] the expected version, answer {STALE, version} when the
+# and ARGV[#ARGV] the expected version, they return {STALE, version} when the
 # rules changed since they were read. ``%d`` is the index of the version key.
 STALE = 9
 GUARD_LUA = """

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from gateway.policy.v1 import policy_pb2
 from services.policy import cache_key
-from services.policy.cache_controls import parse_cache_controls
+from services.policy.cache_controls import CacheControls, parse_cache_controls
 from services.policy.cache_rules import (
     CacheRuleStore,
     GatewayCacheConfig,
@@ -21,6 +21,7 @@ from services.policy.cache_rules import (
 )
 from services.policy.cache_store import CacheStore
 from services.policy.errors import InvalidRequestError, StoreUnavailableError
+from services.policy.rule_version import ANY_VERSION, STALE_RETRIES
 from services.policy.store import RedisStore
 
 logger = logging.getLogger(__name__)
@@ -43,27 +44,61 @@ class ResponseCache:
         return self.configs.get((account_id, gateway_id), GatewayCacheConfig())
 
     async def decide(
-        self, request: policy_pb2.CheckRequest, identity: policy_pb2.Identity
+        self,
+        request: policy_pb2.CheckRequest,
+        identity: policy_pb2.Identity,
+        current_version: str | None = None,
     ) -> policy_pb2.CacheDecision:
-        """Return HIT, MISS or BYPASS; raises InvalidRequestError for bad headers."""
+        """Return HIT, MISS or BYPASS; raises InvalidRequestError for bad headers.
+
+        ``current_version`` is the gateway's rules version if this Check
+        already confirmed it in Redis (the limit check script does): rules
+        kept at that version need no check when no lookup runs.
+        """
         controls = parse_cache_controls(request.headers)
         if controls.skip or request.method.upper() not in CACHEABLE_METHODS:
             return BYPASS
 
+        for attempt in range(STALE_RETRIES + 1):
+            try:
+                version, rules, cached = await self.rules.applicable_versioned(
+                    request.account_id,
+                    request.gateway_id,
+                    identity.team_id,
+                    identity.user_id,
+                    fresh=attempt > 0,
+                )
+                if attempt == STALE_RETRIES:
+                    version = ANY_VERSION
+                # Rules from the process's cache that this Check has not
+                # confirmed must not decide a BYPASS alone: only the lookup
+                # script checks their version.
+                confirmed = not cached or version == current_version
+                decision = await self._decide(
+                    request, identity, controls, rules, version, confirmed
+                )
+            except StoreUnavailableError as exc:
+                logger.warning("cache bypassed: %s", exc)
+                return BYPASS
+            if decision is not None:
+                return decision
+            self.rules.forget(request.account_id, request.gateway_id)
+        raise AssertionError("the lookup script ignores the version when it is empty")
+
+    async def _decide(
+        self,
+        request: policy_pb2.CheckRequest,
+        identity: policy_pb2.Identity,
+        controls: CacheControls,
+        rules: list[policy_pb2.CacheRule | None],
+        version: str,
+        confirmed: bool,
+    ) -> policy_pb2.CacheDecision | None:
+        """Look the call up once; None when the rules may have changed meanwhile."""
         gateway = self.gateway_config(request.account_id, request.gateway_id)
-        try:
-            rules = await self.rules.applicable(
-                request.account_id,
-                request.gateway_id,
-                identity.team_id,
-                identity.user_id,
-            )
-        except StoreUnavailableError as exc:
-            logger.warning("cache bypassed: %s", exc)
-            return BYPASS
         rule = effective_rule(gateway.defaults, rules)
         if not rule.enabled:
-            return BYPASS
+            return BYPASS if confirmed else None
 
         scope = (
             cache_key.SHARED_SCOPE
@@ -84,13 +119,15 @@ class ResponseCache:
         entry_key = self.entries.entry_key(
             request.account_id, request.gateway_id, key_hash
         )
-        try:
-            lookup = await self.entries.lookup(
-                entry_key, request.request_id, gateway.lock_ttl_ms
-            )
-        except StoreUnavailableError as exc:
-            logger.warning("cache bypassed: %s", exc)
-            return BYPASS
+        lookup = await self.entries.lookup(
+            entry_key,
+            request.request_id,
+            gateway.lock_ttl_ms,
+            version_key=self.rules.version_key(request.account_id, request.gateway_id),
+            version=version,
+        )
+        if lookup.stale:
+            return None
         if lookup.entry is not None:
             return policy_pb2.CacheDecision(
                 status=policy_pb2.CACHE_STATUS_HIT, key=entry_key, response=lookup.entry

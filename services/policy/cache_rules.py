@@ -13,8 +13,10 @@ The gateway's ``cache`` table sets the defaults::
 
 Operators add rules at runtime for the whole gateway, a team or a user. They
 are stored in one Redis hash per gateway (fields ``gateway``, ``team:T``,
-``user:U``), read with one HMGET per request, so a change applies to the next
-request. The most specific rule wins as a whole; its zero ``ttl_s`` or
+``user:U``). The policy process keeps a gateway's hash for at most a second
+with the gateway's rules version, which every write increments and the cache
+lookup script checks (``rule_version``), so a change still applies to the
+next request. The most specific rule wins as a whole; its zero ``ttl_s`` or
 ``max_entry_bytes`` falls back to the gateway's defaults.
 """
 
@@ -29,6 +31,14 @@ from redis.exceptions import RedisError
 from gateway.policy.v1 import policy_pb2
 from services.common.config import ConfigError, Gateway, GatewayConfig
 from services.policy.errors import InvalidRequestError, StoreUnavailableError
+from services.policy.rule_version import (
+    HDEL_BUMP,
+    HSET_BUMP,
+    MAX_CACHED_FIELDS,
+    VERSION_PART,
+    RuleCache,
+    decode_version,
+)
 from services.policy.store import RedisStore
 
 # One month, the longest TTL Cloudflare AI Gateway accepts.
@@ -241,32 +251,98 @@ def rule_message(
     )
 
 
+# KEYS[1]: the rules hash, KEYS[2]: the rules version. ARGV: most fields to
+# cache, then the caller's fields. Returns {version, "1", every field and
+# value...} for a hash small enough to keep, else {version, "0", the value of
+# each of the caller's fields or "" where unset}.
+_READ_RULES = """
+local version = redis.call('GET', KEYS[2]) or '0'
+if redis.call('HLEN', KEYS[1]) <= tonumber(ARGV[1]) then
+  local out = {version, '1'}
+  for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
+  return out
+end
+local out = {version, '0'}
+for i = 2, #ARGV do
+  out[#out + 1] = redis.call('HGET', KEYS[1], ARGV[i]) or ''
+end
+return out
+"""
+
+
 class CacheRuleStore:
     """Rules in one Redis hash per gateway, in the gateway's hash slot."""
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
+        client = store.client
+        self._read = client.register_script(_READ_RULES)
+        self._hset = client.register_script(HSET_BUMP)
+        self._hdel = client.register_script(HDEL_BUMP)
+        self.cached = RuleCache()
 
     def _key(self, account_id: str, gateway_id: str) -> str:
         return self.store.key(account_id, gateway_id, "cache-rules")
+
+    def version_key(self, account_id: str, gateway_id: str) -> str:
+        return self.store.key(account_id, gateway_id, VERSION_PART)
 
     async def applicable(
         self, account_id: str, gateway_id: str, team_id: str, user_id: str
     ) -> list[policy_pb2.CacheRule | None]:
         """Return the user's, the team's and the gateway's rule, None where unset."""
+        _, rules, _ = await self.applicable_versioned(
+            account_id, gateway_id, team_id, user_id, fresh=True
+        )
+        return rules
+
+    async def applicable_versioned(
+        self,
+        account_id: str,
+        gateway_id: str,
+        team_id: str,
+        user_id: str,
+        *,
+        fresh: bool = False,
+    ) -> tuple[str, list[policy_pb2.CacheRule | None], bool]:
+        """Return the rules version, the caller's rules as ``applicable``, and
+        whether they came from the process's cache.
+
+        From the process's cache while it holds the gateway's rules, else
+        read in one trip; ``fresh`` skips the cache.
+        """
         fields = []
         if user_id:
             fields.append("user:" + user_id)
         if team_id:
             fields.append("team:" + team_id)
         fields.append("gateway")
+        cache_key = (account_id, gateway_id)
+        cached = None if fresh else self.cached.get(cache_key)
+        if cached is not None:
+            version, by_field = cached
+            return version, [by_field.get(field) for field in fields], True
+        keys = [
+            self._key(account_id, gateway_id),
+            self.version_key(account_id, gateway_id),
+        ]
         try:
-            values = await self.store.client.hmget(
-                self._key(account_id, gateway_id), fields
-            )
+            raw = await self._read(keys=keys, args=[MAX_CACHED_FIELDS, *fields])
         except (RedisError, OSError) as exc:
             raise StoreUnavailableError(f"reading cache rules failed: {exc}") from exc
-        return [_parse_rule(value) for value in values]
+        version = decode_version(raw[0])
+        if raw[1] in (b"1", "1"):
+            pairs = raw[2:]
+            by_field = {
+                (name.decode() if isinstance(name, bytes) else name): _parse_rule(value)
+                for name, value in zip(pairs[::2], pairs[1::2], strict=True)
+            }
+            self.cached.put(cache_key, version, by_field)
+            return version, [by_field.get(field) for field in fields], False
+        return version, [_parse_rule(value or None) for value in raw[2:]], False
+
+    def forget(self, account_id: str, gateway_id: str) -> None:
+        self.cached.drop((account_id, gateway_id))
 
     async def all(self, account_id: str, gateway_id: str) -> list[policy_pb2.CacheRule]:
         try:
@@ -280,24 +356,36 @@ class CacheRuleStore:
         problems = rule_problems(rule)
         if problems:
             raise InvalidRequestError("invalid cache rule: " + "; ".join(problems))
-        key = self._key(rule.scope.account_id, rule.scope.gateway_id)
+        account_id, gateway_id = rule.scope.account_id, rule.scope.gateway_id
+        keys = [
+            self._key(account_id, gateway_id),
+            self.version_key(account_id, gateway_id),
+        ]
         try:
-            await self.store.client.hset(
-                key, rule_field(rule.scope), rule.SerializeToString()
+            await self._hset(
+                keys=keys, args=[rule_field(rule.scope), rule.SerializeToString()]
             )
         except (RedisError, OSError) as exc:
             raise StoreUnavailableError(
                 f"storing the cache rule failed: {exc}"
             ) from exc
+        finally:
+            self.forget(account_id, gateway_id)
 
     async def delete(self, scope: policy_pb2.Scope) -> bool:
-        key = self._key(scope.account_id, scope.gateway_id)
+        account_id, gateway_id = scope.account_id, scope.gateway_id
+        keys = [
+            self._key(account_id, gateway_id),
+            self.version_key(account_id, gateway_id),
+        ]
         try:
-            removed = await self.store.client.hdel(key, rule_field(scope))
+            removed = await self._hdel(keys=keys, args=[rule_field(scope)])
         except (RedisError, OSError) as exc:
             raise StoreUnavailableError(
                 f"deleting the cache rule failed: {exc}"
             ) from exc
+        finally:
+            self.forget(account_id, gateway_id)
         return bool(removed)
 
 

@@ -17,16 +17,23 @@ from redis.exceptions import RedisError
 
 from gateway.policy.v1 import policy_pb2
 from services.policy.errors import StoreUnavailableError
+from services.policy.rule_version import STALE, guard_lua
 from services.policy.store import RedisStore
 
+# KEYS: the entry, its lock, the gateway's rules version. ARGV: request id,
+# lock ttl ms, the rules version the key was built with ("" to skip).
 # GET the entry; without one, try to become the leader with SET NX PX.
-# Returns {1, entry} for a hit, {2} for the leader, {3} for a waiter.
-_LOOKUP = """
+# Returns {1, entry} for a hit, {2} for the leader, {3} for a waiter, or
+# {9, version} without any change when the rules changed (see rule_version).
+_LOOKUP = (
+    guard_lua(3)
+    + """
 local entry = redis.call('GET', KEYS[1])
 if entry then return {1, entry} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
 return {3}
 """
+)
 # Store the entry and free the lock if this request still holds it.
 _STORE = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -58,6 +65,8 @@ class Lookup:
 
     entry: policy_pb2.CachedResponse | None
     leader: bool
+    # True when the rules changed since the key was built: nothing was done.
+    stale: bool = False
 
 
 def lock_key(entry_key: str) -> str:
@@ -80,15 +89,25 @@ class CacheStore:
         """Tell whether ``entry_key`` is an entry key of this deployment."""
         return entry_key.startswith(self.store.prefix + ":{") and ":cache:" in entry_key
 
-    async def lookup(self, entry_key: str, request_id: str, lock_ttl_ms: int) -> Lookup:
+    async def lookup(
+        self,
+        entry_key: str,
+        request_id: str,
+        lock_ttl_ms: int,
+        *,
+        version_key: str,
+        version: str,
+    ) -> Lookup:
         """Return the entry, or take the lock (leader) or not (waiter)."""
         try:
             result = await self._lookup(
-                keys=[entry_key, lock_key(entry_key)],
-                args=[request_id, lock_ttl_ms],
+                keys=[entry_key, lock_key(entry_key), version_key],
+                args=[request_id, lock_ttl_ms, version],
             )
         except (RedisError, OSError) as exc:
             raise StoreUnavailableError(f"cache lookup failed: {exc}") from exc
+        if result[0] == STALE:
+            return Lookup(None, leader=False, stale=True)
         if result[0] == 1:
             return Lookup(_parse_entry(result[1]), leader=False)
         return Lookup(None, leader=result[0] == 2)

@@ -90,7 +90,8 @@ async def check(
             admission = await ctx.limits.admit(request, caller.identity)
         cache = BYPASS
         if ctx.cache is not None:
-            cache = await ctx.cache.decide(request, caller.identity)
+            confirmed = admission.rules_version if admission else None
+            cache = await ctx.cache.decide(request, caller.identity, confirmed)
     except PolicyError as exc:
         exc.caller = response
         raise

@@ -1,8 +1,17 @@
 """Admission and settlement of limits: the glue between Check, Settle and Redis.
 
-One Check makes at most two Redis round trips for limits: one pipeline that
-reads the runtime limits and the caller's loop-guard override, and one run
-of the check script over every applicable limit at once (all or nothing).
+One Check makes one Redis round trip for limits: one run of the check script
+over every applicable limit at once (all or nothing). The runtime limits and
+loop-guard overrides it applies are kept in the process and checked against
+the gateway's rules version inside that script (``rule_version``). They are
+read again (one more trip) only when they changed or are older than a second.
+
+Settle makes one round trip when it reaches the process that admitted the
+call (the usual case: Check and Settle share the ingress's stream): the
+process remembers each reservation's metadata, so it knows the record's keys
+without reading it, and the settle script reads the reserved amounts and
+checks that metadata against the record. Otherwise (another replica, or the
+process restarted) it reads the record's metadata first.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,7 +32,14 @@ from services.common.limit_config import GatewayLimits, LimitSpec
 from services.common.pricing import ModelPrice, PriceTable, cost_usd_micros
 from services.policy import limits
 from services.policy.errors import InvalidRequestError, LimitExceededError
-from services.policy.limit_store import Admitted, LimitStore, ScriptLimit
+from services.policy.limit_store import (
+    Admitted,
+    LimitRules,
+    LimitStore,
+    ScriptLimit,
+    Stale,
+)
+from services.policy.rule_version import ANY_VERSION, STALE_RETRIES
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +47,22 @@ logger = logging.getLogger(__name__)
 UNPRICED_LOG_INTERVAL_S = 60.0
 # A reservation record outlives its longest window by this much.
 RECORD_GRACE_MS = 60_000
+# Reservations whose metadata the process remembers for a one-trip Settle.
+# NOTE: a reservation never settled (its Settle was lost) stays remembered
+# until it is among the oldest past this count (about 300 bytes each, an
+# estimate).
+PENDING_RESERVATIONS_MAX = 65_536
+SETTLED = 1
+SETTLE_MISMATCH = 2
 
 
 @dataclass(frozen=True, slots=True)
 class Admission:
     tightest_limit: policy_pb2.LimitState | None = None
     reservation_id: str = ""
+    # The gateway's rules version the check script found current; None when
+    # the script ran without the check.
+    rules_version: str | None = None
 
 
 def _script_limit(applied: limits.AppliedLimit, amount: int) -> ScriptLimit:
@@ -71,6 +98,8 @@ class LimitEngine:
         self.fallback_price = prices.max_price()
         self.lease_ms = lease_ms
         self._unpriced_logged: dict[tuple[str, str], float] = {}
+        # Reservation token -> the metadata its record holds.
+        self._pending: OrderedDict[str, bytes] = OrderedDict()
 
     def price_of(self, provider: str, model: str) -> ModelPrice:
         """Return the model's price, or the table's highest prices for an unknown one.
@@ -102,18 +131,37 @@ class LimitEngine:
         Raises LimitExceededError naming the limit that denied the call, and
         StoreUnavailableError when Redis fails.
         """
+        token = uuid.uuid4().hex
+        version = None
+        for attempt in range(STALE_RETRIES + 1):
+            rules = await self.store.read_rules(
+                request.account_id,
+                request.gateway_id,
+                caller.user_id,
+                fresh=version is not None,
+            )
+            version = rules.version if attempt < STALE_RETRIES else ANY_VERSION
+            admission = await self._admit(request, caller, rules, token, version)
+            if admission is not None:
+                return admission
+        raise AssertionError("the check script ignores the version when it is empty")
+
+    async def _admit(
+        self,
+        request: policy_pb2.CheckRequest,
+        caller: policy_pb2.Identity,
+        rules: LimitRules,
+        token: str,
+        version: str,
+    ) -> Admission | None:
+        """Run the check script once; None when the rules changed meanwhile."""
         account_id, gateway_id = request.account_id, request.gateway_id
         configured = self.gateway_limits.get(
             (account_id, gateway_id), GatewayLimits((), None)
         )
-        runtime, guard_override = await self.store.read_rules(
-            account_id, gateway_id, caller.user_id
-        )
-        specs = limits.merge_limits(configured.limits, runtime)
+        specs = limits.merge_limits(configured.limits, rules.limits)
         applied = limits.select_limits(specs, caller)
-        guard = guard_override or configured.loop_guard
-        if not applied and guard is None:
-            return Admission()
+        guard = rules.guard or configured.loop_guard
 
         estimate = limits.estimate_tokens(request.max_tokens, request.body_bytes)
         cost = 0
@@ -140,7 +188,6 @@ class LimitEngine:
                 )
             )
 
-        token = uuid.uuid4().hex
         settled = [
             [index, item.spec.kind, list(item.key_parts), item.spec.window_s * 1000]
             for index, item in enumerate(applied)
@@ -151,6 +198,7 @@ class LimitEngine:
             longest_ms = max(item.spec.window_s for item in applied) * 1000
             record_ttl_ms = max(longest_ms, self.lease_ms) + RECORD_GRACE_MS
         meta = orjson.dumps({"l": settled, "p": request.provider, "m": request.model})
+        # Without any limit the script only checks that the rules are current.
         result = await self.store.evaluate(
             account_id,
             gateway_id,
@@ -159,10 +207,18 @@ class LimitEngine:
             dry=False,
             lease_ms=self.lease_ms,
             record_ttl_ms=record_ttl_ms,
+            version=version,
             meta=meta,
         )
+        if isinstance(result, Stale):
+            return None
         if not isinstance(result, Admitted):
             raise self._denial(result.index, result.retry_after_ms, applied, guard)
+        confirmed = version or None
+        if not script_limits:
+            return Admission(rules_version=confirmed)
+        if settled:
+            self._remember(token, meta)
 
         uses = [
             limits.LimitUse(item, result.used[index], result.reset_ms[index])
@@ -172,7 +228,14 @@ class LimitEngine:
         return Admission(
             tightest_limit=limits.limit_state(tightest) if tightest else None,
             reservation_id=f"{account_id}/{gateway_id}/{token}" if settled else "",
+            rules_version=confirmed,
         )
+
+    def _remember(self, token: str, meta: bytes) -> None:
+        pending = self._pending
+        while len(pending) >= PENDING_RESERVATIONS_MAX:
+            pending.popitem(last=False)
+        pending[token] = meta
 
     def _denial(
         self,
@@ -203,15 +266,32 @@ class LimitEngine:
                 "account/gateway/id as Check returned it"
             )
         account_id, gateway_id, token = parts
+        meta_bytes = self._pending.pop(token, None)
+        if meta_bytes is not None:
+            outcome = await self._settle(
+                request, account_id, gateway_id, token, meta_bytes
+            )
+            if outcome != SETTLE_MISMATCH:
+                return outcome == SETTLED
         key = self.store.reservation_key(account_id, gateway_id, token)
-        record = await self.store.read_reservation(key)
-        if b"meta" not in record:
+        meta_bytes = await self.store.read_reservation_meta(key)
+        if meta_bytes is None:
             return False
-        meta = orjson.loads(record[b"meta"])
+        outcome = await self._settle(request, account_id, gateway_id, token, meta_bytes)
+        return outcome == SETTLED
+
+    async def _settle(
+        self,
+        request: policy_pb2.SettleRequest,
+        account_id: str,
+        gateway_id: str,
+        token: str,
+        meta_bytes: bytes,
+    ) -> int:
+        meta = orjson.loads(meta_bytes)
         usage = self._usage(request, meta.get("p", ""), meta.get("m", ""))
         entries = []
         for index, kind, key_parts, window_ms in meta["l"]:
-            reserved = int(record.get(f"a{index + 1}".encode(), b"0"))
             limit = ScriptLimit(
                 key_parts=tuple(key_parts),
                 concurrent=kind == "concurrent",
@@ -220,8 +300,10 @@ class LimitEngine:
                 amount=0,
                 capped=False,
             )
-            entries.append((limit, reserved, limits.settled_amount(kind, usage)))
-        return await self.store.settle(account_id, gateway_id, token, entries)
+            entries.append((limit, index, limits.settled_amount(kind, usage)))
+        return await self.store.settle(
+            account_id, gateway_id, token, meta_bytes, entries
+        )
 
     def _usage(
         self, request: policy_pb2.SettleRequest, provider: str, model: str
@@ -253,12 +335,15 @@ class LimitEngine:
         configured = self.gateway_limits.get(
             (account_id, gateway_id), GatewayLimits((), None)
         )
-        runtime, _ = await self.store.read_rules(account_id, gateway_id, caller.user_id)
+        rules = await self.store.read_rules(
+            account_id, gateway_id, caller.user_id, fresh=True
+        )
         applied = limits.select_limits(
-            limits.merge_limits(configured.limits, runtime), caller
+            limits.merge_limits(configured.limits, rules.limits), caller
         )
         if not applied:
             return []
+        # The rules were just read: the report needs no version check.
         result = await self.store.evaluate(
             account_id,
             gateway_id,
@@ -267,6 +352,7 @@ class LimitEngine:
             dry=True,
             lease_ms=self.lease_ms,
             record_ttl_ms=0,
+            version=ANY_VERSION,
         )
         assert isinstance(result, Admitted)
         return [

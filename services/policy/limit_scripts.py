@@ -16,16 +16,23 @@ gateway's hash tag, so the scripts run unchanged on Redis Cluster.
 
 from __future__ import annotations
 
-# KEYS[1]: the reservation record (a hash); then per limit two keys (log and
-# sum) for a window limit or one key (the lease set) for a concurrency limit.
+from services.policy.rule_version import guard_lua
+
+# KEYS[1]: the reservation record (a hash), KEYS[2]: the gateway's rules
+# version; then per limit two keys (log and sum) for a window limit or one key
+# (the lease set) for a concurrency limit.
 # ARGV: reservation id, lease ms, dry ("1": report without consuming),
 # record ttl ms (0: write no record), record metadata (stored with the
 # reserved amounts for Settle), limit count, then five values per
 # limit: type ("w" window or "c" concurrent), limit, window ms, amount,
-# capped ("1": reserve at most what is left).
-# Returns {1, used_1, reset_ms_1, amount_1, ...} on admission, or
-# {0, index of the denying limit, retry after ms, used} on denial.
-CHECK = r"""
+# capped ("1": reserve at most what is left); last the rules version the
+# limits were chosen with ("" to skip the check).
+# Returns {1, used_1, reset_ms_1, amount_1, ...} on admission,
+# {0, index of the denying limit, retry after ms, used} on denial, or
+# {9, version} without any change when the rules changed (see rule_version).
+CHECK = (
+    guard_lua(2)
+    + r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rid = ARGV[1]
@@ -36,7 +43,7 @@ local meta = ARGV[5]
 local n = tonumber(ARGV[6])
 
 local kinds, limits, windows, amounts, currents, keys = {}, {}, {}, {}, {}, {}
-local ki = 2
+local ki = 3
 for i = 1, n do
   local base = 6 + (i - 1) * 5
   local kind = ARGV[base + 1]
@@ -125,24 +132,36 @@ if not dry and record_ttl > 0 then
 end
 return result
 """
+)
 
 # KEYS[1]: the reservation record, then the keys of each limit as in CHECK.
-# ARGV: reservation id, limit count, then per limit: type, reserved amount,
+# ARGV: reservation id, the record's metadata as Check stored it, limit
+# count, then per limit: type, the record field of its reserved amount,
 # settled amount, window ms. Replaces each reservation with the settled
 # amount (kept at its admission time while that is inside the window, else
 # counted now) and releases concurrency slots. Returns 0 when the
-# reservation was settled before or has expired, else 1.
+# reservation was settled before or has expired, 2 without any change when
+# the record's metadata differs from ARGV[2] (the keys passed are not the
+# record's), else 1.
 SETTLE = r"""
-if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+local meta = redis.call('HGET', KEYS[1], 'meta')
+if not meta then return 0 end
+if meta ~= ARGV[2] then return 2 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rid = ARGV[1]
-local n = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local reserved_of = {}
+for i = 1, n do
+  local field = ARGV[3 + (i - 1) * 4 + 2]
+  reserved_of[i] = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+end
+redis.call('DEL', KEYS[1])
 local ki = 2
 for i = 1, n do
-  local base = 2 + (i - 1) * 4
+  local base = 3 + (i - 1) * 4
   local kind = ARGV[base + 1]
-  local reserved = tonumber(ARGV[base + 2])
+  local reserved = reserved_of[i]
   local settled = tonumber(ARGV[base + 3])
   local window = tonumber(ARGV[base + 4])
   if kind == 'w' then
@@ -168,4 +187,30 @@ for i = 1, n do
   end
 end
 return 1
+"""
+
+# KEYS[1]: the runtime limits hash, KEYS[2]: the loop-guard overrides hash,
+# KEYS[3]: the rules version. ARGV: user id, most fields to cache.
+# Returns {version, cacheable ("1": every override is there and neither hash
+# is too large to keep), limit field count, limit fields and values...,
+# override fields and values...}; when not cacheable only the user's
+# override (if any) follows the limits.
+READ_LIMIT_RULES = r"""
+local version = redis.call('GET', KEYS[3]) or '0'
+local max_fields = tonumber(ARGV[2])
+local limits = redis.call('HGETALL', KEYS[1])
+local cacheable = '1'
+local guards = {}
+if redis.call('HLEN', KEYS[2]) <= max_fields then
+  guards = redis.call('HGETALL', KEYS[2])
+else
+  cacheable = '0'
+  local guard = redis.call('HGET', KEYS[2], ARGV[1])
+  if guard then guards = {ARGV[1], guard} end
+end
+if #limits / 2 > max_fields then cacheable = '0' end
+local out = {version, cacheable, #limits / 2}
+for _, v in ipairs(limits) do out[#out + 1] = v end
+for _, v in ipairs(guards) do out[#out + 1] = v end
+return out
 """

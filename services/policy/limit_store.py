@@ -9,7 +9,10 @@ Keys, all inside the gateway's hash tag ``{prefix}:{<account>/<gateway>}``:
 - ``limits``: runtime limits, a hash of ``scope|subject|kind|window_s`` to
   the limit;
 - ``loop-guard``: per-user loop-guard overrides, a hash of user id to
-  ``max_repeats/window_s``.
+  ``max_repeats/window_s``;
+- ``rules-version``: incremented with every write of either hash (see
+  ``rule_version``), so that the rules read per Check can be kept in the
+  process and checked inside the check script.
 """
 
 from __future__ import annotations
@@ -22,7 +25,16 @@ from redis.exceptions import RedisError
 
 from services.common.limit_config import LimitSpec, LoopGuardSpec
 from services.policy.errors import StoreUnavailableError
-from services.policy.limit_scripts import CHECK, SETTLE
+from services.policy.limit_scripts import CHECK, READ_LIMIT_RULES, SETTLE
+from services.policy.rule_version import (
+    HDEL_BUMP,
+    HSET_BUMP,
+    MAX_CACHED_FIELDS,
+    STALE,
+    VERSION_PART,
+    RuleCache,
+    decode_version,
+)
 from services.policy.store import RedisStore
 
 
@@ -55,6 +67,28 @@ class Denied:
     used: int
 
 
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """The rules changed after they were read; nothing was consumed."""
+
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRules:
+    """A gateway's runtime limits and the caller's loop-guard override."""
+
+    version: str
+    limits: list[LimitSpec]
+    guard: LoopGuardSpec | None
+
+
+@dataclass(frozen=True, slots=True)
+class _GatewayRules:
+    limits: list[LimitSpec]
+    guards: dict[str, LoopGuardSpec]
+
+
 def _unavailable(exc: Exception) -> StoreUnavailableError:
     return StoreUnavailableError(f"Redis is unavailable: {type(exc).__name__}: {exc}")
 
@@ -74,8 +108,13 @@ def _spec_from_field(field: str, value: str) -> LimitSpec | None:
 class LimitStore:
     def __init__(self, store: RedisStore) -> None:
         self.store = store
-        self._check = store.client.register_script(CHECK)
-        self._settle = store.client.register_script(SETTLE)
+        client = store.client
+        self._check = client.register_script(CHECK)
+        self._settle = client.register_script(SETTLE)
+        self._read_rules = client.register_script(READ_LIMIT_RULES)
+        self._hset = client.register_script(HSET_BUMP)
+        self._hdel = client.register_script(HDEL_BUMP)
+        self.rules = RuleCache()
 
     def _keys(self, account_id: str, gateway_id: str, limit: ScriptLimit) -> list[str]:
         key = self.store.key(account_id, gateway_id, *limit.key_parts)
@@ -94,10 +133,19 @@ class LimitStore:
         dry: bool,
         lease_ms: int,
         record_ttl_ms: int,
+        version: str,
         meta: bytes = b"",
-    ) -> Admitted | Denied:
-        """Run the check script over every limit of one call at once."""
-        keys = [self.reservation_key(account_id, gateway_id, token)]
+    ) -> Admitted | Denied | Stale:
+        """Run the check script over every limit of one call at once.
+
+        ``version`` is the rules version the limits were chosen with: when
+        the gateway's rules changed since, nothing is consumed and Stale is
+        returned.
+        """
+        keys = [
+            self.reservation_key(account_id, gateway_id, token),
+            self.store.key(account_id, gateway_id, VERSION_PART),
+        ]
         args: list[Any] = [token, lease_ms, "1" if dry else "0", record_ttl_ms, meta]
         args.append(len(limits))
         for limit in limits:
@@ -111,18 +159,22 @@ class LimitStore:
                     "1" if limit.capped else "0",
                 )
             )
+        args.append(version)
         try:
             result = await self._check(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
+        if int(result[0]) == STALE:
+            self.rules.drop((account_id, gateway_id))
+            return Stale(decode_version(result[1]))
         values = [int(value) for value in result]
         if values[0] == 0:
             return Denied(index=values[1] - 1, retry_after_ms=values[2], used=values[3])
         return Admitted(used=values[1::3], reset_ms=values[2::3], amounts=values[3::3])
 
-    async def read_reservation(self, key: str) -> dict[bytes, bytes]:
+    async def read_reservation_meta(self, key: str) -> bytes | None:
         try:
-            raw: dict[bytes, bytes] = await self.store.client.hgetall(key)  # type: ignore[assignment]
+            raw: bytes | None = await self.store.client.hget(key, "meta")  # type: ignore[assignment]
             return raw
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
@@ -132,34 +184,62 @@ class LimitStore:
         account_id: str,
         gateway_id: str,
         token: str,
+        meta: bytes,
         entries: Sequence[tuple[ScriptLimit, int, int]],
-    ) -> bool:
-        """Replace reserved amounts with settled ones: (limit, reserved, settled)."""
+    ) -> int:
+        """Replace reserved amounts with settled ones: (limit, index, settled).
+
+        ``index`` is the limit's position in the check script (its reserved
+        amount is read from the record inside the script). Returns 1 when
+        settled, 0 when the reservation is gone, 2 (nothing changed) when the
+        record's metadata is not ``meta``.
+        """
         keys = [self.reservation_key(account_id, gateway_id, token)]
-        args: list[Any] = [token, len(entries)]
-        for limit, reserved, settled in entries:
+        args: list[Any] = [token, meta, len(entries)]
+        for limit, index, settled in entries:
             keys.extend(self._keys(account_id, gateway_id, limit))
-            args.extend(("c" if limit.concurrent else "w", reserved, settled))
+            args.extend(("c" if limit.concurrent else "w", f"a{index + 1}", settled))
             args.append(limit.window_ms)
         try:
-            return bool(await self._settle(keys=keys, args=args))
+            return int(await self._settle(keys=keys, args=args))
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
 
     # ------------------------------------------------------ runtime rules
 
     async def read_rules(
-        self, account_id: str, gateway_id: str, user_id: str
-    ) -> tuple[list[LimitSpec], LoopGuardSpec | None]:
-        """Read the runtime limits and the user's loop-guard override in one trip."""
-        pipe = self.store.client.pipeline(transaction=False)
-        pipe.hgetall(self.store.key(account_id, gateway_id, "limits"))
-        pipe.hget(self.store.key(account_id, gateway_id, "loop-guard"), user_id)
+        self, account_id: str, gateway_id: str, user_id: str, *, fresh: bool = False
+    ) -> LimitRules:
+        """Return the runtime limits and the user's loop-guard override.
+
+        From the process's cache while it holds them (see ``rule_version``),
+        else read in one trip; ``fresh`` skips the cache.
+        """
+        cache_key = (account_id, gateway_id)
+        cached = None if fresh else self.rules.get(cache_key)
+        if cached is not None:
+            version, rules = cached
+            return LimitRules(version, rules.limits, rules.guards.get(user_id))
+        keys = [
+            self.store.key(account_id, gateway_id, "limits"),
+            self.store.key(account_id, gateway_id, "loop-guard"),
+            self.store.key(account_id, gateway_id, VERSION_PART),
+        ]
         try:
-            raw_limits, raw_guard = await pipe.execute()
+            raw = await self._read_rules(keys=keys, args=[user_id, MAX_CACHED_FIELDS])
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
-        return _decode_limits(raw_limits), _decode_guard(raw_guard)
+        version, cacheable = decode_version(raw[0]), raw[1] in (b"1", "1")
+        split = 3 + 2 * int(raw[2])
+        specs = _decode_limits(_pairs(raw[3:split]))
+        guards = {
+            field.decode(): guard
+            for field, value in _pairs(raw[split:]).items()
+            if (guard := _decode_guard(value)) is not None
+        }
+        if cacheable:
+            self.rules.put(cache_key, version, _GatewayRules(specs, guards))
+        return LimitRules(version, specs, guards.get(user_id))
 
     async def list_runtime_limits(
         self, account_id: str, gateway_id: str
@@ -175,34 +255,41 @@ class LimitStore:
     async def set_limit(
         self, account_id: str, gateway_id: str, spec: LimitSpec
     ) -> None:
-        key = self.store.key(account_id, gateway_id, "limits")
-        try:
-            await self.store.client.hset(key, _field(spec), spec.limit)
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        await self._write(account_id, gateway_id, "limits", _field(spec), spec.limit)
 
     async def delete_limit(
         self, account_id: str, gateway_id: str, spec: LimitSpec
     ) -> bool:
-        key = self.store.key(account_id, gateway_id, "limits")
-        try:
-            return bool(await self.store.client.hdel(key, _field(spec)))
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        return bool(await self._write(account_id, gateway_id, "limits", _field(spec)))
 
     async def set_loop_guard(
         self, account_id: str, gateway_id: str, user_id: str, spec: LoopGuardSpec | None
     ) -> None:
         """Store a user's loop-guard override; None removes it."""
-        key = self.store.key(account_id, gateway_id, "loop-guard")
+        value = None if spec is None else f"{spec.max_repeats}/{spec.window_s}"
+        await self._write(account_id, gateway_id, "loop-guard", user_id, value)
+
+    async def _write(
+        self,
+        account_id: str,
+        gateway_id: str,
+        hash_part: str,
+        field: str,
+        value: str | int | None = None,
+    ) -> int:
+        """Set (or with None remove) one rule and bump the rules version with it."""
+        keys = [
+            self.store.key(account_id, gateway_id, hash_part),
+            self.store.key(account_id, gateway_id, VERSION_PART),
+        ]
         try:
-            if spec is None:
-                await self.store.client.hdel(key, user_id)
-            else:
-                value = f"{spec.max_repeats}/{spec.window_s}"
-                await self.store.client.hset(key, user_id, value)
+            if value is None:
+                return int(await self._hdel(keys=keys, args=[field]))
+            return int(await self._hset(keys=keys, args=[field, value]))
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
+        finally:
+            self.rules.drop((account_id, gateway_id))
 
 
 def _decode_limits(raw: dict[bytes, bytes]) -> list[LimitSpec]:
@@ -212,6 +299,10 @@ def _decode_limits(raw: dict[bytes, bytes]) -> list[LimitSpec]:
         if spec is not None:
             specs.append(spec)
     return specs
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _decode_guard(raw: bytes | None) -> LoopGuardSpec | None:

@@ -51,10 +51,12 @@ CACHE_STATUS_HEADERS = {
 
 # Count of calls admitted without a policy decision, for logs and metrics.
 fail_open_count = 0
-# Fail-open admissions are logged at most once per this many seconds, with
-# the count since the last line.
+# Fail-open admissions and fail-closed 503s are each logged at most once per
+# this many seconds, with the count since the last line.
 FAIL_OPEN_LOG_INTERVAL_S = 10.0
 _fail_open_logged_at = -FAIL_OPEN_LOG_INTERVAL_S
+_fail_closed_logged_at = -FAIL_OPEN_LOG_INTERVAL_S
+_fail_closed_unlogged = 0
 _fail_open_unlogged = 0
 # Limit kinds an OpenAI error names as type "tokens"; every other is "requests".
 TOKEN_METRICS = ("input_tokens", "output_tokens", "total_tokens")
@@ -87,13 +89,21 @@ def handle_policy_error(
         )
 
     global fail_open_count, _fail_open_logged_at, _fail_open_unlogged
+    global _fail_closed_logged_at, _fail_closed_unlogged
     if gateway is not None and gateway.fail_mode == "closed":
-        logger.error(
-            "policy check failed (%s); gateway %s/%s fails closed",
-            exc.code().name,
-            gateway.account_id,
-            gateway.gateway_id,
-        )
+        _fail_closed_unlogged += 1
+        now = time.monotonic()
+        if now - _fail_closed_logged_at >= FAIL_OPEN_LOG_INTERVAL_S:
+            logger.error(
+                "policy check failed (%s); gateway %s/%s fails closed: %d calls "
+                "answered 503 since the last report",
+                exc.code().name,
+                gateway.account_id,
+                gateway.gateway_id,
+                _fail_closed_unlogged,
+            )
+            _fail_closed_logged_at = now
+            _fail_closed_unlogged = 0
         raise ServiceUnavailable(
             "the gateway cannot check this request right now; retry later",
             headers={"retry-after": "1"},

@@ -201,7 +201,13 @@ class PolicyServer:
             )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self.server.add_insecure_port(address)
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise PolicyError(
+                f"cannot listen on {address}: the port is in use or not allowed; "
+                "set TOLLGATE_POLICY_PORT to a free port"
+            ) from exc
         await self.server.start()
         if self.settings.metrics_port:
             self.metrics_server = start_metrics_server(

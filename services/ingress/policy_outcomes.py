@@ -76,6 +76,11 @@ def handle_policy_error(
     denial = DENIALS.get(exc.code())
     if denial is not None:
         raise denial(exc.details() or "request denied", headers=_retry_headers(exc))
+
+    # The policy service failed: whatever happens next, the call's event
+    # names the user from its own headers.
+    unchecked = _unchecked_caller(request)
+    call.decision = unchecked
     if request is not None and request.presented_key.startswith(SECRET_PREFIX):
         # Without the policy service the key cannot be checked or swapped for
         # the stored provider key, and it must never reach the provider.
@@ -130,27 +135,37 @@ def handle_policy_error(
         )
         _fail_open_logged_at = now
         _fail_open_unlogged = 0
-    return policy_pb2.CheckResponse(
-        identity=_fail_open_identity(request),
-        cache=policy_pb2.CacheDecision(status=policy_pb2.CACHE_STATUS_BYPASS),
-        collect_log=True,
-        collect_payload=True,
-        degraded=True,
-    )
+    return unchecked
 
 
-def _fail_open_identity(request: policy_pb2.CheckRequest | None) -> policy_pb2.Identity:
-    """Name the user from cf-aig-metadata, as the policy service would."""
-    header = request.headers.get("cf-aig-metadata", "") if request else ""
+def _unchecked_caller(
+    request: policy_pb2.CheckRequest | None,
+) -> policy_pb2.CheckResponse:
+    """Describe a call the policy service could not check, from its headers.
+
+    The user and metadata come from cf-aig-metadata, as the policy service
+    would read them, so the call's event lands under its user.
+    """
+    headers = request.headers if request is not None else {}
     try:
-        user = parse_metadata(header).get("user", "")
+        metadata = parse_metadata(headers.get("cf-aig-metadata", ""))
     except InvalidRequestError:
-        user = ""
-    return policy_pb2.Identity(
-        user_id=user or "unknown",
-        source=policy_pb2.IDENTITY_SOURCE_METADATA
+        metadata = {}
+    user = metadata.get("user", "")
+    source = (
+        policy_pb2.IDENTITY_SOURCE_METADATA
         if user
-        else policy_pb2.IDENTITY_SOURCE_UNSPECIFIED,
+        else policy_pb2.IDENTITY_SOURCE_UNSPECIFIED
+    )
+    return policy_pb2.CheckResponse(
+        identity=policy_pb2.Identity(user_id=user or "unknown", source=source),
+        cache=policy_pb2.CacheDecision(status=policy_pb2.CACHE_STATUS_BYPASS),
+        collect_log=headers.get("cf-aig-collect-log", "").lower() != "false",
+        collect_payload=(
+            headers.get("cf-aig-collect-log-payload", "").lower() != "false"
+        ),
+        metadata=metadata,
+        degraded=True,
     )
 
 

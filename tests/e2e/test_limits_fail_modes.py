@@ -117,3 +117,12 @@ def test_fail_open_and_closed_with_redis_down(fstack: RunningStack) -> None:
     # Redis is the judge again: "before" used 1 of its 3 before the outage.
     statuses = [_call(fstack, "open", "before").status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
+
+    # Calls the policy service never checked are still recorded under the
+    # user their cf-aig-metadata names, with that metadata.
+    where = "gateway_id = {gateway:String} AND user_id = 'down'"
+    closed_rows = fstack.wait_rows(where, {"gateway": "closed"}, 1)
+    open_rows = fstack.wait_rows(where, {"gateway": "open"}, 5)
+    assert [row["status"] for row in closed_rows] == [503]
+    assert sorted(row["status"] for row in open_rows) == [200, 200, 200, 429, 429]
+    assert all(row["metadata"] == {"user": "down"} for row in open_rows + closed_rows)

@@ -1,8 +1,8 @@
 """Map PolicyService outcomes to what the ingress does and sends.
 
 One table turns each gRPC status of ``Check`` into an HTTP error in the
-provider's format; the dependency failures (UNAVAILABLE, DEADLINE_EXCEEDED
-and the like) instead follow the gateway's fail mode.
+provider's format. Dependency failures (UNAVAILABLE, DEADLINE_EXCEEDED and
+the like) follow the gateway's fail mode instead.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ DEADLINE_SLACK_MS = 1000
 
 @dataclass(frozen=True, slots=True)
 class PolicyContext:
-    """What every decision needs: the configuration and the Redis store."""
+    """The configuration, Redis store and engines that every decision uses."""
 
     config: GatewayConfig
     store: RedisStore

@@ -54,7 +54,7 @@ INSTALL_TIMEOUT_S = 900.0
 
 
 class TargetNotRun(Exception):
-    """A target could not be installed or started; the message says why."""
+    """A target could not be installed or started; the message gives the reason."""
 
 
 # ------------------------------------------------------------------ pinning

@@ -18,7 +18,7 @@ from bench.load import LoadResult
 BEGIN_MARK = "<!-- bench:results:begin -->"
 END_MARK = "<!-- bench:results:end -->"
 
-# The issue's targets, with every feature on.
+# Tollgate's performance targets, measured with every feature on.
 TARGET_ADDED_P50_MS = 1.5
 TARGET_ADDED_P99_MS = 3.0
 TARGET_ADDED_TTFB_MS = 1.5
@@ -197,7 +197,7 @@ def process_table(rows: Iterable[Mapping[str, Any]]) -> str:
 
 
 def target_checks(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
-    """Each target of the issue as (target, measured, verdict)."""
+    """Check each performance target; return (target, measured, verdict) rows."""
     checks: list[tuple[str, str, str]] = []
     ran = [r for r in rows if _ran(r)]
     tollgate = [r for r in ran if r["target"] == TOLLGATE_TARGET]

@@ -14,8 +14,8 @@ deduplication token of a retried insert this keeps every event to one insert,
 which the per-minute rollup needs: its materialized view counts every inserted
 block, unlike the ReplacingMergeTree raw table that merges duplicates away.
 NOTE: two analytics replicas that receive the same replayed event at the same
-moment can both insert it; the raw table stays exact (FINAL), the rollup
-would count it twice.
+moment can both insert it. The raw table stays exact (read with FINAL), but
+the rollup would count that event twice.
 
 With a local buffer (:mod:`services.analytics.local_buffer`), a batch whose
 insert failed is written to that durable buffer instead and acknowledged

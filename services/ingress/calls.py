@@ -26,7 +26,7 @@ REDACTION_OVERLAP = 512
 
 @dataclass(slots=True)
 class RequestFacts:
-    """What the ingress reads from a request body before asking the policy."""
+    """Facts the ingress reads from a request body before asking the policy."""
 
     model: str = ""
     stream: bool = False
@@ -90,7 +90,7 @@ class Call:
     custom_cost_usd_micros: int = -1
     # Response bytes kept for the cache while this call leads a miss.
     cache_capture: CacheCapture | None = None
-    # Usage of the original call that a cache hit answered.
+    # Usage of the original call whose stored response a cache hit replayed.
     saved_usage: policy_pb2.Usage | None = None
     # Key values this call presented or was given (gateway key, provider key,
     # injected stored key), removed from everything the event stores.

@@ -172,7 +172,7 @@ def _unchecked_caller(
 def _denied_caller(exc: grpc.aio.AioRpcError) -> policy_pb2.CheckResponse | None:
     """Read the caller a denial names (identity, metadata) from its details.
 
-    The policy service attaches them once it knows the caller, so that a
+    The policy service attaches them once it has identified the caller, so that a
     denied call is still recorded under its user.
     """
     status = rpc_status.from_call(exc)  # type: ignore[arg-type]

@@ -8,7 +8,8 @@ One call goes through these phases, each a function below:
    provider's error format;
 3. forward to the provider and stream the response back chunk by chunk,
    while a side parser extracts model, usage and stop reason;
-4. hand one call event to the event sender, which never blocks.
+4. hand one call event to the event sender, which appends it to its spool
+   and queue and returns without awaiting anything.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ HOP_BY_HOP = frozenset(
 )
 # Request headers the ingress sets itself or keeps from the provider.
 NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "cookie"}
-# Request headers that change the provider's answer; the policy service uses
-# them for the cache key.
+# Request headers that change the provider's response. The policy service
+# uses them for the cache key.
 ANSWER_HEADERS = (
     "anthropic-version",
     "anthropic-beta",
@@ -247,7 +248,7 @@ def _upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:
         if lowered in NOT_FORWARDED or lowered.startswith("cf-aig-"):
             continue
         headers.add(name, value)
-    # Ask for an uncompressed answer: the side parser reads the bytes as they
+    # Ask for an uncompressed response: the side parser reads the bytes as they
     # pass, and the client receives exactly the bytes the provider sent.
     headers["Accept-Encoding"] = "identity"
     decision = call.decision
@@ -264,10 +265,10 @@ def _upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:
 
 
 def _reject_gateway_keys(headers: CIMultiDict[str], query: str) -> None:
-    """Refuse to forward a gateway key in any header or the query string.
+    """Reject a request that carries a gateway key in a forwarded header or query.
 
     The policy service swaps or rejects a gateway key sent as the SDK's own
-    key; one anywhere else (Azure's ``api-key``, ``x-goog-api-key``,
+    key. A key anywhere else (Azure's ``api-key``, ``x-goog-api-key``,
     ``?key=``) would otherwise reach the provider.
     """
     for name, value in headers.items():

@@ -40,7 +40,7 @@ from services.policy.store import RedisStore
 
 @dataclass(frozen=True, slots=True)
 class ScriptLimit:
-    """One limit as the check script sees it."""
+    """One limit in the form the check script takes it."""
 
     # Key parts after the gateway's hash tag.
     key_parts: tuple[str, ...]

@@ -9,7 +9,7 @@ the write (``HSET_BUMP``, ``HDEL_BUMP``).
 
 The decision scripts (the limit check and the cache lookup) take the version
 key in KEYS and the version the rules were read at in ARGV. When the counter
-moved they change nothing and answer "stale"; the caller then rereads the
+moved they change nothing and return "stale"; the caller then rereads the
 rules and runs the script again. A rule set at runtime therefore still takes
 effect on the next request, on every policy replica, and a Check pays no
 round trip for rules while they are unchanged.
@@ -34,7 +34,7 @@ RULES_MAX_AGE_S = 1.0
 MAX_ENTRIES = 10_000
 # Hashes with more fields are read per call for the caller's fields only.
 MAX_CACHED_FIELDS = 256
-# Reads of fresh rules after a "stale" answer before the script is run
+# Reads of fresh rules after a "stale" result before the script is run
 # without the version check (the rules were then read a moment before).
 STALE_RETRIES = 3
 # Sent as the expected version to skip the check.
